@@ -1,0 +1,46 @@
+# The two commands: `make lab` (set up and open the course) and `make test` (the whole suite).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PORT   ?= 8888
+
+.PHONY: setup lab test lint unit nbval build bench clean
+
+setup: $(STAMP)
+
+# Idempotent: re-runs only when pyproject.toml is newer than the last install.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (course)" > /dev/null
+	@touch $@
+
+lab: setup
+	$(BIN)/jupyter lab --ip=127.0.0.1 --port=$(PORT) --notebook-dir=notebooks
+
+build: setup
+	$(BIN)/course-build
+
+lint: setup
+	$(BIN)/ruff check .
+
+unit: setup
+	$(BIN)/python -m pytest tests
+
+# Solutions are stored executed: nbval re-runs them and compares outputs.
+# Student notebooks must run top to bottom before anything is solved (lax: no comparison).
+nbval: setup
+	$(BIN)/python -m pytest -p no:cacheprovider --nbval solutions -o testpaths=
+	$(BIN)/python -m pytest -p no:cacheprovider --nbval-lax notebooks -o testpaths=
+
+test: setup lint
+	$(BIN)/course-build --check
+	$(MAKE) --no-print-directory unit nbval
+
+bench: setup
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,370 @@
+"""Build the student notebooks from the solution notebooks: one source per notebook.
+
+``solutions/NN_topic.ipynb`` is the source, complete and executed. ``course-build`` writes
+``notebooks/NN_topic.ipynb``, the version students get (nbgrader style):
+
+* A code cell tagged ``exercise`` defines one top-level function whose name equals the
+  ``course_lib`` reference it is graded against. The student's part sits between the lines
+  ``### BEGIN SOLUTION`` and ``### END SOLUTION`` (a cell may hold several such regions). Each
+  region, markers included, becomes one line
+  ``raise NotImplementedError("<name>: write your solution here")`` at the BEGIN marker's
+  indentation; the signature and the docstring, outside the markers, stay.
+* A cell tagged ``solution-only`` (a worked answer, a cell that only makes sense once the
+  exercise is solved) is left out of the student version.
+* Every code cell loses its outputs and execution count. Everything else is kept as it is:
+  cell ids, tags, slide types, the notebook's metadata (``course.lesson``). The written bytes
+  depend on the source only, so two builds give identical files.
+
+A mistake in a source raises :class:`BuildError`, one line per problem naming the notebook, the
+cell (its index in the source, counted from 0, and its id) and the line within the cell:
+unbalanced or nested markers, a marker in a cell not tagged ``exercise``, an ``exercise`` cell
+without a region or without exactly one top-level function, a region outside that function,
+a file that is not a notebook.
+
+Command line (``make build`` runs the first form)::
+
+    course-build                  # write notebooks/ from solutions/ (only what changed)
+    course-build --check          # write nothing; exit 1 when notebooks/ is out of date
+    course-build 05_iou_nms_map   # build one notebook
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+from nbformat import NotebookNode
+
+BEGIN = "### BEGIN SOLUTION"
+END = "### END SOLUTION"
+EXERCISE_TAG = "exercise"
+SOLUTION_ONLY_TAG = "solution-only"
+STUB = 'raise NotImplementedError("{name}: write your solution here")'
+
+
+class BuildError(Exception):
+    """A source notebook cannot be built; ``problems`` holds one line per mistake."""
+
+    def __init__(self, problems: Iterable[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass
+class BuildReport:
+    """What :func:`build_all` did, or with ``check=True`` would do, to each student notebook."""
+
+    written: list[Path] = field(default_factory=list)
+    unchanged: list[Path] = field(default_factory=list)
+    missing: list[Path] = field(default_factory=list)  # check only: not built yet
+    stale: list[Path] = field(default_factory=list)  # check only: differs from the build
+    extra: list[Path] = field(default_factory=list)  # a student notebook without a source
+
+    @property
+    def in_sync(self) -> bool:
+        """Whether ``notebooks/`` holds exactly what the build writes."""
+        return not (self.missing or self.stale or self.extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# One cell
+# ---------------------------------------------------------------------------------------------
+
+
+def _regions(lines: list[str]) -> tuple[list[tuple[int, int]], list[str]]:
+    """The marked regions as (BEGIN, END) line indices, and the marker problems found."""
+    regions, problems, start = [], [], None
+    for i, line in enumerate(lines):
+        marker = line.strip()
+        if marker == BEGIN and start is not None:
+            problems.append(f"line {i + 1}: {BEGIN!r} inside the region opened on line "
+                            f"{start + 1} (regions cannot nest)")
+        elif marker == BEGIN:
+            start = i
+        elif marker == END and start is None:
+            problems.append(f"line {i + 1}: {END!r} without a matching {BEGIN!r}")
+        elif marker == END:
+            regions.append((start, i))
+            start = None
+    if start is not None:
+        problems.append(f"line {start + 1}: {BEGIN!r} without a matching {END!r}")
+    return regions, problems
+
+
+def student_source(source: str, fn_name: str, where: str = "cell") -> str:
+    """Replace every marked region of one cell's source with the stub.
+
+    Args:
+        source: the cell's source, as in the solution notebook.
+        fn_name: the exercise function's name, quoted in the stub's message.
+        where: names the cell in error messages (``"solutions/05_x.ipynb: cell 3 (id ab12)"``).
+
+    Returns:
+        The source with each region, markers included, replaced by one
+        ``raise NotImplementedError(...)`` line at the BEGIN marker's indentation.
+
+    Raises:
+        BuildError: for a BEGIN without an END, an END without a BEGIN or nested regions.
+    """
+    lines = source.split("\n")
+    regions, problems = _regions(lines)
+    if problems:
+        raise BuildError(f"{where}, {problem}" for problem in problems)
+    for start, end in reversed(regions):  # from the bottom, so earlier indices stay valid
+        begin = lines[start]
+        indent = begin[: len(begin) - len(begin.lstrip())]
+        lines[start : end + 1] = [indent + STUB.format(name=fn_name)]
+    return "\n".join(lines)
+
+
+def _parse(source: str, where: str, what: str) -> ast.Module:
+    try:
+        return ast.parse(source)
+    except SyntaxError as exc:
+        problem = f"{where}, line {exc.lineno}: {what} does not parse: {exc.msg}"
+        raise BuildError([problem]) from None
+
+
+def _functions(tree: ast.Module) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    return [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def _exercise_source(cell: NotebookNode, where: str) -> str:
+    """The student version of an ``exercise`` cell's source, after checking the cell."""
+    if cell.cell_type != "code":
+        raise BuildError([f"{where}: tagged {EXERCISE_TAG!r} but is a {cell.cell_type} cell"])
+    functions = _functions(_parse(cell.source, where, "the cell"))
+    if len(functions) != 1:
+        names = ", ".join(f"{f.name!r} (line {f.lineno})" for f in functions) or "none"
+        raise BuildError([f"{where}: an {EXERCISE_TAG!r} cell defines exactly one top-level "
+                          f"function, named like the reference it is graded against; "
+                          f"found {names}"])
+    name = functions[0].name
+    regions, _ = _regions(cell.source.split("\n"))
+    student = student_source(cell.source, name, where)  # raises on unbalanced markers
+    if not regions:
+        raise BuildError([f"{where}: tagged {EXERCISE_TAG!r} but has no region between "
+                          f"{BEGIN!r} and {END!r}"])
+
+    # Each stub must land inside the function, or the student's cell would raise when run.
+    tree = _parse(student, where, "the student version (check the markers' indentation)")
+    inside = {node.lineno for fn in _functions(tree) if fn.name == name
+              for node in ast.walk(fn) if isinstance(node, ast.Raise)}
+    outside, removed = [], 0
+    for start, end in regions:
+        if start - removed + 1 not in inside:  # the stub's line number in the student version
+            outside.append(start + 1)
+        removed += end - start
+    if outside:
+        raise BuildError(f"{where}, line {line}: the region is not inside the body of {name!r}"
+                         for line in outside)
+    return student
+
+
+def build_notebook(nb: NotebookNode, path: str | Path = "notebook") -> NotebookNode:
+    """The student version of a solution notebook (``nb`` itself is left unchanged).
+
+    Args:
+        nb: the solution notebook (nbformat 4).
+        path: names the notebook in error messages.
+
+    Returns:
+        A new notebook: regions of ``exercise`` cells stubbed, ``solution-only`` cells
+        removed, code cells' outputs and execution counts cleared, everything else kept.
+
+    Raises:
+        BuildError: listing every problem found in the notebook, one line each.
+    """
+    student = copy.deepcopy(nb)
+    cells, problems = [], []
+    for index, cell in enumerate(student.cells):
+        where = f"{path}: cell {index}" + (f" (id {cell.id})" if "id" in cell else "")
+        tags = cell.get("metadata", {}).get("tags", [])
+        if SOLUTION_ONLY_TAG in tags:
+            if EXERCISE_TAG in tags:
+                problems.append(f"{where}: tagged both {EXERCISE_TAG!r} and "
+                                f"{SOLUTION_ONLY_TAG!r}; keep one")
+            continue
+        try:
+            if EXERCISE_TAG in tags:
+                cell.source = _exercise_source(cell, where)
+            else:
+                problems += [f"{where}, line {i + 1}: {line.strip()!r} in a cell not tagged "
+                             f"{EXERCISE_TAG!r} (tag the cell or remove the marker)"
+                             for i, line in enumerate(cell.source.split("\n"))
+                             if line.strip() in (BEGIN, END)]
+        except BuildError as err:
+            problems += err.problems
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+        cells.append(cell)
+    if problems:
+        raise BuildError(problems)
+    student.cells = cells
+    return student
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+
+
+def _show(path: Path) -> str:
+    """``path`` relative to the current directory when it lies below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def read_notebook(path: Path) -> NotebookNode:
+    """Read and validate a notebook, as nbformat 4.
+
+    Raises:
+        BuildError: if the file is not valid JSON, not a notebook, or has cells without ids.
+    """
+    try:
+        nb = nbformat.convert(nbformat.reader.reads(path.read_text(encoding="utf-8")), 4)
+        # nbformat would invent random ids for these, and two builds would differ
+        if nb.nbformat_minor >= 5 and any("id" not in cell for cell in nb.get("cells", [])):
+            raise ValueError("a cell has no id (nbformat 4.5 needs one); re-save it in Jupyter")
+        nbformat.validate(nb)
+    except Exception as exc:  # nbformat raises many kinds: NotJSONError, ValidationError, ...
+        reason = str(exc).strip().split("\n")[0]
+        raise BuildError([f"{_show(path)}: not a valid notebook ({type(exc).__name__}: "
+                          f"{reason})"]) from None
+    return nb
+
+
+def notebook_text(nb: NotebookNode) -> str:
+    """The notebook as written to disk: the same bytes for the same notebook, every time."""
+    return nbformat.writes(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+def build_all(solutions_dir: str | Path, notebooks_dir: str | Path, check: bool = False,
+              only: Iterable[str] | None = None) -> BuildReport:
+    """Build ``notebooks_dir/NAME.ipynb`` from every ``solutions_dir/NAME.ipynb``.
+
+    Args:
+        solutions_dir: the source notebooks.
+        notebooks_dir: where the student notebooks go (created when needed).
+        check: write nothing; report which student notebooks are missing or stale instead.
+        only: build just these notebooks (names like ``05_iou_nms_map`` or paths; the file
+            name is what counts). Extra notebooks are only looked for when this is ``None``.
+
+    Returns:
+        A :class:`BuildReport`.
+
+    Raises:
+        BuildError: listing every problem in every source; then nothing is written.
+    """
+    solutions_dir, notebooks_dir = Path(solutions_dir), Path(notebooks_dir)
+    if not solutions_dir.is_dir():
+        raise BuildError([f"{_show(solutions_dir)}: no such directory"])
+    if only is None:
+        sources = sorted(solutions_dir.glob("*.ipynb"))
+    else:
+        names = [Path(name).name for name in only]
+        sources = [solutions_dir / (n if n.endswith(".ipynb") else n + ".ipynb") for n in names]
+
+    built, problems = {}, []
+    for src in sources:
+        try:
+            if not src.is_file():
+                raise BuildError([f"{_show(src)}: no such source notebook"])
+            built[notebooks_dir / src.name] = notebook_text(
+                build_notebook(read_notebook(src), _show(src)))
+        except BuildError as err:
+            problems += err.problems
+    if problems:
+        raise BuildError(problems)
+
+    report = BuildReport()
+    for dst, text in built.items():
+        data = text.encode("utf-8")
+        old = dst.read_bytes() if dst.is_file() else None
+        if old == data:
+            report.unchanged.append(dst)
+        elif check:
+            (report.missing if old is None else report.stale).append(dst)
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(data)
+            report.written.append(dst)
+    if only is None and notebooks_dir.is_dir():
+        report.extra = [p for p in sorted(notebooks_dir.glob("*.ipynb")) if p not in built]
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def find_repo_root(start: Path | None = None) -> Path:
+    """The nearest directory at or above ``start`` (default: cwd) holding ``pyproject.toml``."""
+    start = (start or Path.cwd()).resolve()
+    return next((d for d in (start, *start.parents) if (d / "pyproject.toml").is_file()), start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``course-build``; returns the exit status (0 ok, 1 out of date, 2 error)."""
+    parser = argparse.ArgumentParser(
+        prog="course-build",
+        description="Write the student notebooks (notebooks/) from the solution notebooks "
+                    "(solutions/): solution regions become stubs, outputs are cleared.")
+    parser.add_argument("notebooks_only", nargs="*", metavar="NOTEBOOK",
+                        help="build only these (a name like 05_iou_nms_map or a path); "
+                             "default: every solutions/*.ipynb")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when a student notebook is missing, stale "
+                             "or has no source")
+    parser.add_argument("--solutions", type=Path, metavar="DIR",
+                        help="the source notebooks (default: solutions/ in the repo root)")
+    parser.add_argument("--notebooks", type=Path, metavar="DIR",
+                        help="the student notebooks (default: notebooks/ in the repo root)")
+    args = parser.parse_args(argv)
+    root = find_repo_root()
+    solutions = args.solutions or root / "solutions"
+    notebooks = args.notebooks or root / "notebooks"
+
+    try:
+        report = build_all(solutions, notebooks, check=args.check,
+                           only=args.notebooks_only or None)
+    except BuildError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        print(f"course-build: {len(err.problems)} problem(s) in the sources; nothing written",
+              file=sys.stderr)
+        return 2
+
+    for path in report.written:
+        print(f"{_show(path)}: written")
+    for path in report.unchanged if not args.check else []:
+        print(f"{_show(path)}: unchanged")
+    for path in report.missing:
+        print(f"{_show(path)}: missing (its source is {_show(solutions / path.name)})")
+    for path in report.stale:
+        print(f"{_show(path)}: stale (differs from what {_show(solutions / path.name)} builds)")
+    for path in report.extra:
+        print(f"{_show(path)}: extra (no source {_show(solutions / path.name)}; "
+              f"{'delete it or add its source' if args.check else 'left alone'})")
+    if not args.check:
+        return 0
+    if report.in_sync:
+        print(f"course-build --check: {len(report.unchanged)} notebook(s) in sync")
+        return 0
+    print("course-build --check: student notebooks out of date - run `make build` "
+          "(and delete extra ones)")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Interactive apps (ipywidgets) for the notebooks, one concept per file.
+
+Each function returns its widget (an ``ipywidgets.VBox``); the last expression of a cell
+displays it. The controls, readouts and computed numbers are attributes, so tests can drive
+a widget without a browser. Widgets import ``course_lib.viz`` and the core ops, never the
+reverse.
+"""
+
+from course_lib.widgets.iou_explorer import IoUExplorer, iou_explorer, iou_quality
+from course_lib.widgets.nms_stepper import NMSStepper, nms_stepper
+from course_lib.widgets.pr_curve_builder import PRCurveBuilder, pr_curve_builder
+
+__all__ = [
+    "IoUExplorer", "NMSStepper", "PRCurveBuilder",
+    "iou_explorer", "iou_quality", "nms_stepper", "pr_curve_builder",
+]

@@ -1,0 +1,129 @@
+"""The lesson 05 case tables: hand-worked answers agree with the reference, and the tables
+catch the classic mistakes (each mutant below must fail at least one visible case)."""
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib.device import available_devices
+from course_lib.exercises import find_exercise, load_lesson
+from course_lib.exercises.core import check, compare, to_plain
+from course_lib.exercises.lesson05 import LECTURE_DOG_BOXES, LECTURE_DOG_SCORES
+
+EXERCISES = load_lesson("05")
+
+
+def test_names_match_references():
+    assert set(EXERCISES) == {"box_iou", "nms", "soft_nms", "average_precision"}
+    for name, ex in EXERCISES.items():
+        assert ex.name == name == ex.reference.__name__
+        assert find_exercise(name) is ex
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_hand_worked_answers_agree_with_reference(name):
+    ex = EXERCISES[name]
+    hand = [c for c in ex.cases if c.expected is not None]
+    assert hand, "every table has hand-worked cases"
+    for case in hand:
+        got = to_plain(ex.reference(**case.kwargs))
+        assert compare(got, to_plain(case.expected), ex.atol, ex.rtol, ex.exact) is None, case.name
+
+
+@pytest.mark.parametrize("device", available_devices())
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_reference_passes_its_table(name, device, capsys):
+    assert check(EXERCISES[name].reference, EXERCISES[name], device=device)
+    assert "all passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_random_cases_are_reproducible_and_valid(name):
+    ex = EXERCISES[name]
+    for seed in range(20):
+        a = ex.random_case(np.random.default_rng(seed))
+        b = ex.random_case(np.random.default_rng(seed))
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(a[k], torch.Tensor):
+                assert torch.equal(a[k], b[k])
+            else:
+                assert a[k] == b[k]
+        to_plain(ex.reference(**a))  # the reference runs on it
+
+
+def test_lecture_dog_boxes_have_the_lecture_ious():
+    iou = EXERCISES["box_iou"].reference(LECTURE_DOG_BOXES, LECTURE_DOG_BOXES)
+    assert iou[0, 1] == pytest.approx(0.78, abs=0.005)  # blue / orange
+    assert iou[0, 2] == pytest.approx(0.05, abs=0.005)  # blue / purple
+    assert iou[0, 3] == pytest.approx(0.07, abs=0.005)  # blue / yellow
+    assert iou[2, 3] == pytest.approx(0.74, abs=0.005)  # purple / yellow
+    assert LECTURE_DOG_SCORES.argsort(descending=True).tolist() == [0, 1, 2, 3]
+
+
+# --- mutants: plausible wrong answers that the visible cases must catch -----------------------
+
+def iou_without_clamp(boxes1, boxes2):
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = rb - lt
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area1[:, None] + area2[None, :] - inter)
+
+
+def iou_diagonal_only(boxes1, boxes2):
+    return EXERCISES["box_iou"].reference(boxes1, boxes2).diagonal()[:, None]
+
+
+def make_nms(greater_equal=False, stable=True, suppressed_can_suppress=False):
+    iou_fn = EXERCISES["box_iou"].reference
+
+    def nms(boxes, scores, iou_threshold):
+        order = torch.sort(scores, descending=True, stable=stable).indices
+        if not stable:
+            order = torch.argsort(-scores - 1e-3 * torch.arange(len(scores)))  # ties: high index
+        keep, removed = [], set()
+        for i in order.tolist():
+            if i in removed and not suppressed_can_suppress:
+                continue
+            if i not in removed:
+                keep.append(i)
+            for j in order.tolist():
+                iou = float(iou_fn(boxes[i:i + 1], boxes[j:j + 1]))
+                if j != i and (iou >= iou_threshold if greater_equal else iou > iou_threshold):
+                    if scores[j] <= scores[i] and j not in keep:
+                        removed.add(j)
+        return torch.tensor(keep, dtype=torch.int64)
+    return nms
+
+
+def soft_nms_never_reselects(boxes, scores, iou_threshold=0.3, sigma=0.5, method="linear",
+                             score_threshold=0.001):
+    # decays the scores but keeps the initial ranking: wrong when a decay changes the order
+    keep, new = EXERCISES["soft_nms"].reference(boxes, scores, iou_threshold, sigma, method,
+                                                score_threshold)
+    order = torch.argsort(scores[keep], descending=True, stable=True)
+    return keep[order], new[order]
+
+
+def ap_without_envelope(precision, recall, method="all"):
+    if precision.numel() == 0:
+        return 0.0
+    steps = torch.diff(recall, prepend=recall.new_zeros(1))
+    return float((steps * precision).sum())
+
+
+@pytest.mark.parametrize("name, mutant", [
+    ("box_iou", iou_without_clamp),
+    ("box_iou", iou_diagonal_only),
+    ("nms", make_nms(greater_equal=True)),
+    ("nms", make_nms(stable=False)),
+    ("nms", make_nms(suppressed_can_suppress=True)),
+    ("soft_nms", soft_nms_never_reselects),
+    ("average_precision", ap_without_envelope),
+])
+def test_visible_cases_catch_mutant(name, mutant):
+    mutant.__name__ = name
+    assert not check(mutant, EXERCISES[name], device="cpu", verbose=False)
