@@ -48,6 +48,25 @@ def check_boxes(boxes: Tensor, name: str = "boxes") -> Tensor:
     return boxes.float()
 
 
+def as_boxes(values, name: str = "boxes") -> Tensor:
+    """Like :func:`check_boxes`, but lenient about what a target dict may hold.
+
+    Accepts anything ``torch.as_tensor`` does (lists of Python numbers become float64), and an
+    empty value of any shape (``torch.zeros(0)``, ``[]``) as ``Tensor[0, 4]``.
+
+    Args:
+        values: boxes as a tensor, an array or nested lists, ``(N, 4)``.
+        name: the argument name used in error messages.
+
+    Returns:
+        Tensor[N, 4]: floating-point boxes.
+    """
+    boxes = values if isinstance(values, Tensor) else torch.as_tensor(values, dtype=torch.float64)
+    if boxes.numel() == 0:
+        boxes = boxes.reshape(0, 4)
+    return check_boxes(boxes, name)
+
+
 def box_area(boxes: Tensor) -> Tensor:
     """Area of each box, ``(x2 - x1) * (y2 - y1)``.
 

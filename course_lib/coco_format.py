@@ -25,6 +25,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from course_lib.boxes import as_boxes
+
 COCO_STAT_NAMES = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
     "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
@@ -44,7 +46,7 @@ def boxes_to_coco_xywh(boxes: torch.Tensor) -> np.ndarray:
     Returns:
         ndarray[N, 4] float64: boxes in ``(x, y, w, h)`` format.
     """
-    b = _check_boxes(boxes, "boxes").detach().cpu().to(torch.float64).numpy()
+    b = as_boxes(boxes, "boxes").detach().cpu().to(torch.float64).numpy()
     return np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
 
 
@@ -190,14 +192,6 @@ def pycocotools_evaluate(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_boxes(boxes: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(boxes, torch.Tensor):
-        boxes = torch.as_tensor(boxes, dtype=torch.float64)
-    if boxes.numel() == 0:
-        return boxes.reshape(0, 4)
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{name} must have shape (N, 4), got {tuple(boxes.shape)}")
-    return boxes
 
 
 def _check_vector(values, name: str, length: int | None = None) -> np.ndarray:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from course_lib.boxes import box_iou
+from course_lib.boxes import as_boxes, box_iou
 from course_lib.coco_format import COCO_STAT_NAMES, boxes_to_coco_xywh
 
 AP_METHODS = ("all", "voc11", "coco101")
@@ -202,8 +202,8 @@ def match_detections(
         is_tp (Tensor[D] bool), matched_gt (Tensor[D] int64): in the ORIGINAL detection
         order; ``matched_gt[i]`` is the index of the GT box detection ``i`` matched, or -1.
     """
-    pred_boxes = _check_boxes(pred_boxes, "pred_boxes")
-    gt_boxes = _check_boxes(gt_boxes, "gt_boxes")
+    pred_boxes = as_boxes(pred_boxes, "pred_boxes")
+    gt_boxes = as_boxes(gt_boxes, "gt_boxes")
     if pred_scores.dim() != 1 or pred_scores.shape[0] != pred_boxes.shape[0]:
         raise ValueError(f"pred_scores must have shape ({pred_boxes.shape[0]},), got "
                          f"{tuple(pred_scores.shape)}")
@@ -394,7 +394,7 @@ def _flatten(items: Sequence[dict], name: str, is_pred: bool) -> dict[str, np.nd
     """
     boxes, counts, labels, extra, given_area = [], [], [], [], []
     for i, item in enumerate(items):
-        b = _check_boxes(torch.as_tensor(item["boxes"]).cpu(), f"{name}[{i}]['boxes']")
+        b = as_boxes(item["boxes"], f"{name}[{i}]['boxes']").cpu()
         n = b.shape[0]
         boxes.append(b)
         counts.append(n)
@@ -641,12 +641,6 @@ def _curve(values, name: str) -> np.ndarray:
     return values
 
 
-def _check_boxes(boxes: torch.Tensor, name: str) -> torch.Tensor:
-    if boxes.numel() == 0 and boxes.dim() != 2:
-        return boxes.reshape(0, 4)
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{name} must have shape (N, 4), got {tuple(boxes.shape)}")
-    return boxes
 
 
 def _vector(values, name: str, length: int) -> torch.Tensor:

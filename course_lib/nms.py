@@ -146,12 +146,13 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """Per-class NMS, identical to ``torchvision.ops.batched_nms``.
 
-    Boxes only suppress boxes with the same ``idxs`` value (class). Like torchvision this uses
-    one of two equivalent strategies:
+    Boxes only suppress boxes with the same ``idxs`` value (class). To give torchvision's exact
+    output, this picks the same one of two strategies as torchvision:
 
     * up to 1000 boxes on CPU (25000 on GPU), the *coordinate trick*: shift every box by
       ``class * (max coordinate + 1)`` so that boxes of different classes never overlap, then
-      run a single :func:`nms`;
+      run a single :func:`nms`. (The shifted coordinates are rounded, so an IoU right at the
+      threshold can be decided differently than by a per-class :func:`nms`.)
     * above that, a loop that runs :func:`nms` once per class and sorts the union of the kept
       boxes by score. As in torchvision, this sort is not stable: boxes with equal scores may
       come out in any order.

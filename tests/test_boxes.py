@@ -165,3 +165,14 @@ def test_gradcheck_float64():
     b1.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a: box_iou(a, b2), (b1,))
     assert torch.autograd.gradcheck(lambda a: generalized_box_iou(a, b2), (b1,))
+
+
+def test_as_boxes_accepts_target_dict_values():
+    from course_lib.boxes import as_boxes
+
+    assert as_boxes(torch.zeros(0)).shape == (0, 4)
+    assert as_boxes([]).shape == (0, 4)
+    listed = as_boxes([[0, 0, 1.5, 2]])
+    assert listed.dtype == torch.float64 and listed.tolist() == [[0, 0, 1.5, 2]]
+    with pytest.raises(ValueError, match=r"gt\['boxes'\] must have shape \(N, 4\)"):
+        as_boxes(torch.zeros(2, 3), "gt['boxes']")

@@ -127,3 +127,11 @@ def ap_without_envelope(precision, recall, method="all"):
 def test_visible_cases_catch_mutant(name, mutant):
     mutant.__name__ = name
     assert not check(mutant, EXERCISES[name], device="cpu", verbose=False)
+
+
+def test_hidden_nms_cases_stay_clear_of_the_threshold():
+    iou_fn = EXERCISES["box_iou"].reference
+    for seed in range(200):
+        case = EXERCISES["nms"].random_case(np.random.default_rng(seed))
+        ious = iou_fn(case["boxes"], case["boxes"]).double()
+        assert not ((ious - case["iou_threshold"]).abs() < 1e-4).any()
