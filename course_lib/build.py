@@ -11,9 +11,11 @@
   indentation; the signature and the docstring, outside the markers, stay.
 * A cell tagged ``solution-only`` (a worked answer, a cell that only makes sense once the
   exercise is solved) is left out of the student version.
-* Every code cell loses its outputs and execution count. Everything else is kept as it is:
-  cell ids, tags, slide types, the notebook's metadata (``course.lesson``). The written bytes
-  depend on the source only, so two builds give identical files.
+* Every code cell loses its outputs and execution count, and the notebook loses the widget
+  state saved by the execution (``metadata.widgets``: rendered widget views are outputs too).
+  Everything else is kept as it is: cell ids, tags, slide types, the rest of the notebook's
+  metadata (``course.lesson``). The written bytes depend on the source only, so two builds
+  give identical files.
 
 A mistake in a source raises :class:`BuildError`, one line per problem naming the notebook, the
 cell (its index in the source, counted from 0, and its id) and the line within the cell:
@@ -176,7 +178,8 @@ def build_notebook(nb: NotebookNode, path: str | Path = "notebook") -> NotebookN
 
     Returns:
         A new notebook: regions of ``exercise`` cells stubbed, ``solution-only`` cells
-        removed, code cells' outputs and execution counts cleared, everything else kept.
+        removed, code cells' outputs and execution counts and the saved widget state cleared,
+        everything else kept.
 
     Raises:
         BuildError: listing every problem found in the notebook, one line each.
@@ -208,6 +211,7 @@ def build_notebook(nb: NotebookNode, path: str | Path = "notebook") -> NotebookN
     if problems:
         raise BuildError(problems)
     student.cells = cells
+    student.metadata.pop("widgets", None)  # saved widget views: outputs of the executed source
     return student
 
 

@@ -165,6 +165,14 @@ def test_outputs_and_execution_counts_cleared_in_every_code_cell():
         assert cell.outputs == [] and cell.execution_count is None
 
 
+def test_saved_widget_state_is_dropped():
+    solution = make_solution()
+    solution.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    student = build_notebook(solution)
+    assert "widgets" not in student.metadata and "widgets" in solution.metadata
+    assert student.metadata.course.lesson == "99"
+
+
 def test_solution_only_cells_removed_and_everything_else_kept():
     solution = make_solution()
     student = build_notebook(solution)

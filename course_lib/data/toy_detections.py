@@ -66,7 +66,7 @@ def simulate_detector(targets: list[dict[str, torch.Tensor]], seed: int = 0,
     Args:
         targets: ground truth, one dict per image (``boxes``, ``labels``).
         seed: the same seed gives the same detections.
-        recall: probability that a large object is detected (small objects a bit less).
+        recall: probability that an object is detected; ``recall ** 1.5`` for small objects.
         box_noise: standard deviation of the box jitter relative to the object's size; small
             objects get up to twice as much.
         duplicate_rate: probability that a found object gets a second, overlapping box with a
@@ -89,7 +89,7 @@ def simulate_detector(targets: list[dict[str, torch.Tensor]], seed: int = 0,
         for box, label in zip(gt, gt_labels, strict=True):
             w, h = box[2] - box[0], box[3] - box[1]
             small = np.sqrt(w * h) < 32
-            if rng.random() > recall * (0.8 if small else 1.0):
+            if rng.random() > recall ** (1.5 if small else 1.0):
                 continue  # missed: a false negative
             copies = 2 if rng.random() < duplicate_rate else 1
             for copy in range(copies):
