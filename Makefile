@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8888
 
-.PHONY: setup lab test lint unit nbval build bench clean
+.PHONY: setup lab test lint unit nbval build execute bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,12 @@ lab: setup
 		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 build: setup
+	$(BIN)/course-build
+
+# After editing a lesson: re-run the solution notebooks in place (they are stored executed),
+# then regenerate the student versions.
+execute: setup
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace solutions/*.ipynb
 	$(BIN)/course-build
 
 lint: setup
