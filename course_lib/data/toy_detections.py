@@ -118,8 +118,8 @@ def render_scene(target: dict[str, torch.Tensor], image_size: int = 256,
                  seed: int = 0) -> torch.Tensor:
     """Paint a simple picture of a scene: one flat shape per object on a shaded background.
 
-    Class 1 is drawn as a rectangle, class 2 as an ellipse, class 3 as a triangle, so the
-    picture is easy to read next to the boxes.
+    Class 1 is drawn as a rectangle, class 2 as an ellipse, class 3 as a triangle, each in a
+    light version of its box colour, so the picture is easy to read next to the boxes.
 
     Args:
         target: a dict with ``boxes`` Tensor[N, 4] and ``labels`` Tensor[N].
@@ -135,7 +135,9 @@ def render_scene(target: dict[str, torch.Tensor], image_size: int = 256,
     phase = rng.uniform(0, 2 * np.pi, size=2)
     shade = 0.06 * np.sin(xx / image_size * 3 + phase[0]) * np.cos(yy / image_size * 2 + phase[1])
     image = np.repeat((0.86 + shade)[..., None], 3, axis=2)
-    palette = {1: (0.20, 0.40, 0.85), 2: (0.90, 0.55, 0.10), 3: (0.30, 0.65, 0.30)}
+    # lighter versions of the class colours of the course's figures (viz.class_color), so a
+    # shape and its box match: car orange, cat green, dog red
+    palette = {1: (1.00, 0.75, 0.53), 2: (0.59, 0.81, 0.59), 3: (0.92, 0.58, 0.58)}
     order = np.argsort(-(target["boxes"][:, 2:] - target["boxes"][:, :2]).prod(1).numpy())
     for i in order:  # large objects first, so small ones stay visible on top
         x1, y1, x2, y2 = target["boxes"][i].tolist()
@@ -148,6 +150,6 @@ def render_scene(target: dict[str, torch.Tensor], image_size: int = 256,
             t = (yy - y1) / max(y2 - y1, 1e-6)  # 0 at the apex, 1 at the base
             half = t * (x2 - x1) / 2
             inside &= np.abs(xx - (x1 + x2) / 2) <= half
-        colour = np.array(palette.get(label, (0.5, 0.5, 0.5))) * rng.uniform(0.8, 1.1)
+        colour = np.array(palette.get(label, (0.7, 0.7, 0.7))) * rng.uniform(0.85, 1.0)
         image[inside] = colour
     return torch.tensor(image.clip(0, 1).transpose(2, 0, 1), dtype=torch.float32)

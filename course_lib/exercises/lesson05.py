@@ -14,6 +14,7 @@ import torch
 from course_lib import boxes as _boxes
 from course_lib import metrics as _metrics
 from course_lib import nms as _nms
+from course_lib.data import lecture_examples as lecture
 from course_lib.exercises.core import Case, Exercise
 
 __all__ = ["EXERCISES", "LECTURE_DOG_BOXES", "LECTURE_DOG_SCORES"]
@@ -36,13 +37,8 @@ def _random_boxes(rng: np.random.Generator, n: int, canvas: float = 100.0,
 
 # The lecture's NMS example (two dogs): blue/orange overlap with IoU 0.78, purple/yellow with
 # 0.74, blue/purple 0.05 and blue/yellow 0.07.
-LECTURE_DOG_BOXES = _t([
-    [20, 30, 120, 130],   # blue   (best box, dog 1)
-    [26, 34, 128, 138],   # orange (duplicate of blue)
-    [110, 46, 190, 142],  # purple (best box, dog 2)
-    [104, 48, 204, 148],  # yellow (duplicate of purple)
-])
-LECTURE_DOG_SCORES = _t([0.98, 0.81, 0.75, 0.67])
+LECTURE_DOG_BOXES = _t(lecture.DOG_BOXES)
+LECTURE_DOG_SCORES = _t(lecture.DOG_SCORES)
 
 # ---------------------------------------------------------------------------------------------
 # box_iou
@@ -230,7 +226,7 @@ def _random_ap_case(rng: np.random.Generator) -> dict:
 
 
 # The lecture's dog example: five detections ranked by score, TP TP FP FP TP, three dogs.
-_DOG = _curve([True, True, False, False, True], 3)
+_DOG = _curve(list(lecture.DOG_PR_IS_TP), lecture.DOG_PR_NUM_GT)
 
 AVERAGE_PRECISION = Exercise(
     name="average_precision",

@@ -22,25 +22,19 @@ from IPython.display import clear_output, display
 
 from course_lib import viz
 from course_lib.boxes import box_iou
+from course_lib.data import lecture_examples as ex
 from course_lib.nms import nms, nms_steps, soft_nms, soft_nms_steps
 
 __all__ = ["DOG_SCENE", "MODES", "NMSStepper", "nms_stepper"]
 
-# The lecture's scene: two dogs, five detections. Like the slides, IoU(blue, orange) = 0.78,
-# IoU(blue, purple) = 0.05, IoU(blue, yellow) = 0.07 and IoU(purple, yellow) = 0.74. A fifth,
-# looser box (green, IoU 0.60 with blue) is removed at threshold 0.5 but survives at 0.7.
+# The lecture's scene: two dogs, four detections with the slides' IoUs (0.78, 0.05, 0.07, 0.74),
+# plus a looser box on dog 1 (green, IoU 0.64 with blue): removed at threshold 0.5, kept at 0.7.
 DOG_SCENE: dict = {
-    "boxes": (
-        (30.0, 40.0, 130.0, 170.0),   # blue    dog 1
-        (20.0, 32.0, 121.0, 171.0),   # orange  dog 1, a near duplicate
-        (118.0, 60.0, 230.0, 175.0),  # purple  dog 2
-        (115.0, 46.0, 240.0, 166.0),  # yellow  dog 2, a near duplicate
-        (43.0, 18.0, 141.0, 193.0),   # green   dog 1, a loose box
-    ),
-    "scores": (0.90, 0.80, 0.75, 0.70, 0.60),
-    "names": ("blue", "orange", "purple", "yellow", "green"),
-    "colors": ("#1f77b4", "#ff7f0e", "#9467bd", "#d4b000", "#2ca02c"),
-    "canvas": (256, 200),
+    "boxes": (*ex.DOG_BOXES, ex.LOOSE_DOG_BOX),
+    "scores": (*ex.DOG_SCORES, ex.LOOSE_DOG_SCORE),
+    "names": (*ex.DOG_NAMES, "green"),
+    "colors": (*ex.DOG_COLORS, "#2ca02c"),
+    "canvas": (220, 160),
 }
 
 # (button label, mode): hard NMS or one of soft_nms's decay methods

@@ -21,6 +21,7 @@ import torch
 from IPython.display import clear_output, display
 
 from course_lib import viz
+from course_lib.data import lecture_examples as ex
 from course_lib.metrics import average_precision, f1_score, precision_recall, precision_recall_curve
 
 __all__ = ["DOG_EXAMPLE", "PRCurveBuilder", "pr_curve_builder"]
@@ -28,9 +29,9 @@ __all__ = ["DOG_EXAMPLE", "PRCurveBuilder", "pr_curve_builder"]
 # The lecture's example: 5 dog detections ranked by score, matched against 3 ground-truth dogs.
 # At the end precision = 3/5 = 0.6 and recall = 3/3 = 1.0; all-point AP = 0.8667.
 DOG_EXAMPLE: dict = {
-    "scores": (0.99, 0.95, 0.90, 0.5, 0.10),
-    "is_tp": (True, True, False, False, True),
-    "num_gt": 3,
+    "scores": ex.DOG_PR_SCORES,
+    "is_tp": ex.DOG_PR_IS_TP,
+    "num_gt": ex.DOG_PR_NUM_GT,
 }
 
 METHODS: tuple[str, ...] = ("all", "voc11", "coco101")
