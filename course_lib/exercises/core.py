@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from course_lib.device import resolve_device
+from course_lib.device import get_device
 
 Plain = np.ndarray | float | int | bool | str | None | tuple
 
@@ -124,7 +124,7 @@ class CheckReport:
 
 def clone_kwargs(kwargs: Mapping[str, Any], device: str | torch.device = "cpu") -> dict[str, Any]:
     """Copy the case's inputs (tensors cloned onto ``device``) so a function cannot alter them."""
-    dev = resolve_device(device)
+    dev = get_device(device)
     return {k: v.detach().clone().to(dev) if isinstance(v, torch.Tensor) else v
             for k, v in kwargs.items()}
 

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from course_lib.device import resolve_device
+from course_lib.device import get_device
 from course_lib.grading.report import summary_line, summary_table
 from course_lib.grading.runner import grade_many
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     problems += [f"several submissions share the student id {s!r}"
                  for s in sorted(set(stems)) if stems.count(s) > 1]
     try:
-        resolve_device(args.device)
+        get_device(args.device)
     except ValueError as exc:
         problems.append(str(exc))
     if args.timeout <= 0 or args.memory <= 0 or args.jobs <= 0 or args.num_random < 0:

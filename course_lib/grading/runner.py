@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from course_lib import __version__
-from course_lib.device import resolve_device
+from course_lib.device import get_device
 from course_lib.exercises import load_lesson
 from course_lib.exercises.core import Case, Exercise, compare, describe_kwargs, shorten
 from course_lib.grading import transfer
@@ -81,7 +81,7 @@ def grade_notebook(path: str | Path, device: str = "auto", timeout: float = 30.0
     """
     start = time.monotonic()
     path = Path(path)
-    dev = str(resolve_device(device))
+    dev = str(get_device(device))
     report: dict[str, Any] = {
         "student": path.stem, "notebook": str(path), "lesson": None,
         "grader_version": GRADER_VERSION, "course_lib_version": __version__, "device": dev,
@@ -140,7 +140,7 @@ def grade_many(paths: list[str | Path], out_dir: str | Path, device: str = "auto
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
         raise ValueError(f"several submissions share the student id {duplicates}")
-    resolve_device(device)
+    get_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done: dict[int, dict[str, Any]] = {}
