@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
@@ -21,8 +20,6 @@ from course_lib.data.datasets import (
     SPLITS,
     PennFudanDataset,
     default_root,
-    instance_masks,
-    masks_to_boxes,
     split,
     split_indices,
 )
@@ -149,37 +146,6 @@ def test_default_root_follows_course_data_dir(fake_root, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def test_masks_to_boxes_matches_torchvision_plus_one():
-    g = torch.Generator().manual_seed(0)
-    masks = (torch.rand(6, 17, 23, generator=g) > 0.8).to(torch.uint8)
-    masks[0] = 0
-    masks[0, 16, 22] = 1                                   # a single corner pixel
-    expected = torchvision.ops.masks_to_boxes(masks) + torch.tensor([0, 0, 1, 1])
-    assert torch.equal(masks_to_boxes(masks), expected)
-    assert masks_to_boxes(masks)[0].tolist() == [22, 16, 23, 17]
-
-
-def test_masks_to_boxes_empty_and_bad_input():
-    out = masks_to_boxes(torch.zeros(0, 5, 7, dtype=torch.uint8))
-    assert out.shape == (0, 4) and out.dtype == torch.float32
-    with pytest.raises(ValueError, match=r"Tensor\[N, H, W\].*\(5, 7\)"):
-        masks_to_boxes(torch.zeros(5, 7))
-    with pytest.raises(ValueError, match="mask 1 is empty"):
-        masks_to_boxes(torch.stack([torch.ones(3, 3), torch.zeros(3, 3)]))
-
-
-def test_instance_masks_with_ids_that_are_not_consecutive():
-    label_image = torch.tensor([[0, 7, 7],
-                                [2, 0, 7]])
-    masks = instance_masks(label_image)
-    assert masks.dtype == torch.uint8
-    assert masks.tolist() == [[[0, 0, 0], [1, 0, 0]],     # id 2 first (increasing ids)
-                              [[0, 1, 1], [0, 0, 1]]]     # then id 7
-    assert instance_masks(torch.zeros(2, 3, dtype=torch.int64)).shape == (0, 2, 3)
-    with pytest.raises(ValueError, match=r"Tensor\[H, W\]"):
-        instance_masks(torch.zeros(1, 2, 3))
-
 
 # ----------------------------------------------------------------------------- errors
 

@@ -28,7 +28,6 @@ Each item is ``(image, target)`` with the same target as the synthetic scenes:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +37,9 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from course_lib.data import data_dir
+from course_lib.data.targets import instances_to_target
+
 CLASS_NAMES: tuple[str, ...] = ("background", "pedestrian")
 SPLITS: tuple[str, ...] = ("train", "val", "test")  # the synthetic data's split names
 DOWNLOAD_HINT = ("Download it once with `python data_scripts/download_pennfudan.py` (about 51 MB), "
@@ -46,63 +48,8 @@ DOWNLOAD_HINT = ("Download it once with `python data_scripts/download_pennfudan.
 
 
 def default_root() -> Path:
-    """Where the download script puts Penn-Fudan.
-
-    ``$COURSE_DATA_DIR/PennFudanPed`` when that variable is set, else ``data/PennFudanPed`` in the
-    repository.
-    """
-    data_dir = os.environ.get("COURSE_DATA_DIR")
-    base = Path(data_dir) if data_dir else Path(__file__).resolve().parents[2] / "data"
-    return base / "PennFudanPed"
-
-
-def instance_masks(label_image: Tensor) -> Tensor:
-    """Split a label image (0 background, one value per instance) into one binary mask each.
-
-    Args:
-        label_image (Tensor[H, W]): integer instance ids; they need not be consecutive.
-
-    Returns:
-        Tensor[N, H, W] uint8, one mask per distinct non-zero value, in increasing value order.
-    """
-    if label_image.ndim != 2:
-        raise ValueError("label_image must be a Tensor[H, W], "
-                         f"got shape {tuple(label_image.shape)}")
-    ids = torch.unique(label_image)
-    ids = ids[ids != 0]                                             # (N,)
-    return (label_image[None] == ids[:, None, None]).to(torch.uint8)  # (N, H, W)
-
-
-def masks_to_boxes(masks: Tensor) -> Tensor:
-    """The tight box around each mask, with exclusive right and bottom edges.
-
-    A mask covering columns 3..7 and rows 2..4 gets the box ``(3, 2, 8, 5)``: width 5, height 3.
-    (``torchvision.ops.masks_to_boxes`` returns the last column and row instead: ``(3, 2, 7, 4)``.)
-
-    Args:
-        masks (Tensor[N, H, W]): binary masks, each with at least one pixel set.
-
-    Returns:
-        Tensor[N, 4] float32 boxes ``(x1, y1, x2, y2)``.
-    """
-    if masks.ndim != 3:
-        raise ValueError(f"masks must be a Tensor[N, H, W], got shape {tuple(masks.shape)}")
-    if masks.shape[0] == 0:
-        return torch.zeros((0, 4), dtype=torch.float32)
-    rows = masks.bool().any(dim=2)                         # (N, H): row has a pixel of the mask
-    cols = masks.bool().any(dim=1)                         # (N, W)
-    if not rows.any(dim=1).all():
-        raise ValueError("masks must each have at least one pixel set; "
-                         f"mask {int((~rows.any(dim=1)).nonzero()[0])} is empty")
-    height, width = masks.shape[1:]
-    y = torch.arange(height)
-    x = torch.arange(width)
-    # Smallest / largest index where the mask is present: fill absent positions with a sentinel.
-    y1 = torch.where(rows, y, height).amin(dim=1)
-    y2 = torch.where(rows, y, -1).amax(dim=1) + 1
-    x1 = torch.where(cols, x, width).amin(dim=1)
-    x2 = torch.where(cols, x, -1).amax(dim=1) + 1
-    return torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32)  # (N, 4)
+    """Where the download script puts Penn-Fudan: ``data_dir() / "PennFudanPed"``."""
+    return data_dir() / "PennFudanPed"
 
 
 def _open_png(path: Path, mode: str | None = None) -> Image.Image:
@@ -186,19 +133,11 @@ class PennFudanDataset(Dataset):
         if label_image.shape != image.shape[1:]:
             raise ValueError(f"{mask_path} is {tuple(label_image.shape)} (H, W) but its image "
                              f"{image_path} is {tuple(image.shape[1:])}")
-        masks = instance_masks(label_image)                        # (N, H, W)
-        if masks.shape[0] == 0:
+        num_people = int((torch.unique(label_image) != 0).sum())
+        if num_people == 0:
             raise ValueError(f"{mask_path} has no pedestrian (every pixel is 0)")
-        n = masks.shape[0]
-        target = {
-            "boxes": masks_to_boxes(masks),                        # (N, 4)
-            "labels": torch.ones(n, dtype=torch.int64),
-            "masks": masks,
-            "area": masks.sum(dim=(1, 2)).to(torch.float32),      # (N,)
-            "iscrowd": torch.zeros(n, dtype=torch.int64),
-            "semantic": (label_image > 0).to(torch.int64),         # (H, W)
-            "image_id": index,
-        }
+        labels = torch.ones(num_people, dtype=torch.int64)         # every object: a pedestrian
+        target = instances_to_target(label_image, labels, image_id=index)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
