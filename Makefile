@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8888
 
-.PHONY: setup lab test lint unit nbval build execute bench clean
+.PHONY: setup lab test lint unit nbval build execute data bench clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ nbval: setup
 test: setup lint
 	$(BIN)/course-build --check
 	$(MAKE) --no-print-directory unit nbval
+
+# Optional: pre-build the synthetic data caches (lessons build what they need on first use).
+data: setup
+	$(BIN)/python data_scripts/make_synthetic.py
 
 bench: setup
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

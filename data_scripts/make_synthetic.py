@@ -8,7 +8,7 @@ split is one file in ``<repo>/data/synthetic/`` (or ``$COURSE_DATA_DIR/synthetic
 Examples::
 
     python data_scripts/make_synthetic.py                      # everything the lessons use
-    python data_scripts/make_synthetic.py --kind detection     # its train and val splits
+    python data_scripts/make_synthetic.py --kind detection     # its lesson splits
     python data_scripts/make_synthetic.py --kind segmentation --split test --num-images 200
 """
 
@@ -22,10 +22,13 @@ from course_lib.data import data_dir
 from course_lib.data.synthetic import KINDS, SPLIT_CODES, SyntheticShapes
 
 # (kind, split, num_images) the lessons load, all 128x128, 5 classes, seed 0.
+# (kind, split, number of images, image size)
 LESSON_DATASETS = [
-    ("single", "train", 2000), ("single", "val", 500),
-    ("detection", "train", 2000), ("detection", "val", 500),
-    ("segmentation", "train", 1000), ("segmentation", "val", 250),
+    # classification + localization: lesson 01, benchmarks/bench_cls_loc.py
+    ("single", "train", 3000, 64), ("single", "test", 1000, 64),
+    # detection and segmentation lessons (02-04, 07, 08)
+    ("detection", "train", 2000, 128), ("detection", "val", 500, 128),
+    ("segmentation", "train", 1000, 128), ("segmentation", "val", 250, 128),
 ]  # fmt: skip
 
 
@@ -45,10 +48,11 @@ def main(argv=None) -> None:
     parser.add_argument("--kind", choices=KINDS,
                         help="build this kind only (default: every lesson dataset)")
     parser.add_argument("--split", choices=tuple(SPLIT_CODES),
-                        help="with --kind: this split only (default: train and val)")
+                        help="with --kind: this split only (default: the lessons' splits)")
     parser.add_argument("--num-images", type=int,
                         help="images per split (default: the lessons' number, see the script)")
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int,
+                        help="side of the images (default: the lessons' size, see the script)")
     parser.add_argument("--num-classes", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=None,
@@ -61,10 +65,10 @@ def main(argv=None) -> None:
     jobs = [job for job in LESSON_DATASETS
             if args.kind in (None, job[0]) and args.split in (None, job[1])]
     if args.kind and args.split and not jobs:  # a split the lessons do not use (test)
-        jobs = [(args.kind, args.split, 500)]
-    for kind, split, num_images in jobs:
-        build(kind, split, args.num_images or num_images, args.image_size, args.num_classes,
-              args.seed, root)
+        jobs = [(args.kind, args.split, 500, 128)]
+    for kind, split, num_images, image_size in jobs:
+        build(kind, split, args.num_images or num_images, args.image_size or image_size,
+              args.num_classes, args.seed, root)
 
 
 if __name__ == "__main__":

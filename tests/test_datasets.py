@@ -20,7 +20,7 @@ from course_lib.data.datasets import (
     SPLITS,
     PennFudanDataset,
     default_root,
-    split,
+    split_dataset,
     split_indices,
 )
 
@@ -241,8 +241,28 @@ def test_split_indices_rejects_bad_arguments(kwargs, match):
 
 def test_split_gives_subsets_of_the_dataset(fake_root):
     ds = PennFudanDataset(fake_root)
-    parts = split(ds, val_fraction=0.25, test_fraction=0.25, seed=0)
+    parts = split_dataset(ds, val_fraction=0.25, test_fraction=0.25, seed=0)
     assert all(isinstance(parts[s], Subset) and parts[s].dataset is ds for s in SPLITS)
     assert [len(parts[s]) for s in SPLITS] == [2, 1, 1]
     ids = sorted(t["image_id"] for s in SPLITS for _, t in parts[s])
     assert ids == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- the --data switch
+
+def test_detection_data_switch(fake_root, tmp_path, monkeypatch):
+    from course_lib.data.datasets import DATA_CHOICES, detection_data
+
+    assert DATA_CHOICES == ("synthetic", "pennfudan")
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    image, target = detection_data("synthetic", "val", num_images=3, image_size=64)[0]
+    assert image.shape == (3, 64, 64) and target["masks"].shape[1:] == (64, 64)
+    with pytest.raises(ValueError, match="data must be one of"):
+        detection_data("coco")
+    with pytest.raises(FileNotFoundError, match="download_pennfudan.py"):
+        detection_data("pennfudan")  # not downloaded into tmp_path
+    monkeypatch.setenv("COURSE_DATA_DIR", str(fake_root.parent))
+    parts = [detection_data("pennfudan", s, image_size=48, seed=0) for s in SPLITS]
+    assert sum(len(p) for p in parts) == len(PennFudanDataset(fake_root))
+    image, target = parts[0][0]
+    assert image.shape == (3, 48, 48) and target["semantic"].shape == (48, 48)

@@ -38,7 +38,9 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from course_lib.data import data_dir
+from course_lib.data.synthetic import SyntheticShapes
 from course_lib.data.targets import instances_to_target
+from course_lib.data.transforms import Resize
 
 CLASS_NAMES: tuple[str, ...] = ("background", "pedestrian")
 SPLITS: tuple[str, ...] = ("train", "val", "test")  # the synthetic data's split names
@@ -178,12 +180,39 @@ def split_indices(num_items: int, val_fraction: float = 0.15, test_fraction: flo
     return {name: sorted(parts[name]) for name in SPLITS}
 
 
-def split(dataset: Dataset, val_fraction: float = 0.15, test_fraction: float = 0.15,
+def split_dataset(dataset: Dataset, val_fraction: float = 0.15, test_fraction: float = 0.15,
           seed: int = 0) -> dict[str, Subset]:
     """Split a dataset into ``{"train", "val", "test"}`` subsets (see ``split_indices``).
 
-    Example: ``parts = split(PennFudanDataset()); loader = DataLoader(parts["train"], ...)``.
+    Example: ``parts = split_dataset(PennFudanDataset())``, then
+    ``DataLoader(parts["train"], ...)``.
     With 170 images and the defaults: 118 train, 26 val, 26 test.
     """
     indices = split_indices(len(dataset), val_fraction, test_fraction, seed)
     return {name: Subset(dataset, indices[name]) for name in SPLITS}
+
+
+DATA_CHOICES: tuple[str, ...] = ("synthetic", "pennfudan")
+
+
+def detection_data(data: str = "synthetic", split: str = "train", num_images: int = 1000,
+                   image_size: int = 128, seed: int = 0) -> Dataset:
+    """The detection data a lesson trains on: the ``--data synthetic|pennfudan`` switch.
+
+    Args:
+        data: ``"synthetic"`` (default, always available) or ``"pennfudan"`` (after
+            ``python data_scripts/download_pennfudan.py``).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        num_images: synthetic only: how many images (Penn-Fudan has 170 in all).
+        image_size: the side of the square images (Penn-Fudan's are resized to it).
+        seed: the data seed (synthetic scenes; Penn-Fudan's split).
+
+    Returns:
+        A dataset of ``(image Tensor[3, S, S], target)`` pairs with the same target keys.
+    """
+    if data == "synthetic":
+        return SyntheticShapes(split, num_images, kind="detection", image_size=image_size,
+                               seed=seed, progress=False)
+    if data == "pennfudan":
+        return split_dataset(PennFudanDataset(transforms=Resize(image_size)), seed=seed)[split]
+    raise ValueError(f"data must be one of {DATA_CHOICES}, got {data!r}")
