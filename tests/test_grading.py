@@ -234,38 +234,38 @@ def test_infinite_loop_times_out_and_the_rest_gets_full_marks(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The real lesson 05 (fail until solutions/ and notebooks/ hold the lesson's notebooks)
+# The real lessons: every solution gets full marks, every student notebook 0 (not implemented)
 # ---------------------------------------------------------------------------------------------
 
 
-LESSON05 = [ROOT / folder / "05_iou_nms_map.ipynb" for folder in ("solutions", "notebooks")]
+LESSON_NAMES = sorted(p.name for p in (ROOT / "solutions").glob("*.ipynb"))
 
 
 @pytest.fixture(scope="module")
-def lesson05(tmp_path_factory):
-    """Reports of the lesson 05 solution and student notebooks (None where not written yet)."""
-    found = [p for p in LESSON05 if p.is_file()]
-    # Same stem in both folders: grade them into separate output folders, two at a time.
+def lesson_reports(tmp_path_factory):
+    """Grader reports of every solution and student notebook, keyed by (folder, name)."""
+    paths = [ROOT / folder / name for name in LESSON_NAMES for folder in ("solutions", "notebooks")]
+    # The same stem in both folders: grade each into its own output folder, two at a time.
     with ThreadPoolExecutor(2) as pool:
-        reports = pool.map(lambda p: grade_many([p], tmp_path_factory.mktemp("l05"),
-                                                device="cpu", seed=0)[0], found)
-    return {str(p): r for p, r in zip(found, reports, strict=True)}
+        reports = pool.map(lambda p: grade_many([p], tmp_path_factory.mktemp("lesson"),
+                                                device="cpu", seed=0)[0], paths)
+    return {(p.parent.name, p.name): r for p, r in zip(paths, reports, strict=True)}
 
 
 @pytest.mark.slow
-def test_lesson05_solutions_get_full_marks(lesson05):
-    report = lesson05.get(str(LESSON05[0]))
-    assert report is not None, "solutions/05_iou_nms_map.ipynb is not written yet"
-    assert report["error"] is None and report["lesson"] == "05"
+@pytest.mark.parametrize("name", LESSON_NAMES)
+def test_lesson_solutions_get_full_marks(lesson_reports, name):
+    report = lesson_reports["solutions", name]
+    assert report["error"] is None and report["lesson"] == name[:2]
     assert report["max_score"] > 0
     assert report["score"] == report["max_score"], [e["feedback"] for e in report["exercises"]]
 
 
 @pytest.mark.slow
-def test_lesson05_student_notebook_gets_zero_not_implemented(lesson05):
-    report = lesson05.get(str(LESSON05[1]))
-    assert report is not None, "notebooks/05_iou_nms_map.ipynb is not written yet"
-    assert report["error"] is None and report["lesson"] == "05"
+@pytest.mark.parametrize("name", LESSON_NAMES)
+def test_lesson_student_notebooks_get_zero_not_implemented(lesson_reports, name):
+    report = lesson_reports["notebooks", name]
+    assert report["error"] is None and report["lesson"] == name[:2]
     assert report["score"] == 0 and report["max_score"] > 0
     assert {e["status"] for e in report["exercises"]} == {"not_implemented"}, [
         e["feedback"] for e in report["exercises"]]
