@@ -53,7 +53,8 @@ def dump(value: Any, directory: Path, prefix: str) -> Any:
         if array.dtype.kind not in "biuf":
             raise TransferError(f"cannot transfer an array of dtype {array.dtype}")
         name = f"{prefix}_{next(counter)}.npy"
-        np.save(directory / name, np.ascontiguousarray(array), allow_pickle=False)
+        # order="C", not ascontiguousarray: that one turns a 0-d array (a scalar loss) into (1,)
+        np.save(directory / name, np.asarray(array, order="C"), allow_pickle=False)
         return name
 
     def walk(v: Any) -> Any:
