@@ -310,14 +310,16 @@ def test_grade_notebook_reports_unknown_lesson_without_raising(tmp_path):
 
 def test_transfer_round_trip_keeps_types_and_dtypes(tmp_path):
     value = {"boxes": torch.rand(3, 4), "idx": torch.tensor([2, 0], dtype=torch.int64),
-             "mask": torch.tensor([True, False]), "t": 0.5, "n": 3, "s": "linear", "none": None,
+             "mask": torch.tensor([True, False]), "loss": torch.tensor(1.25),
+             "t": 0.5, "n": 3, "s": "linear", "none": None,
              "pair": (1, torch.zeros(0, 4)), "targets": [{"labels": torch.tensor([1])}]}
     tree = transfer.dump(value, tmp_path, "in_0")
     json.dumps(tree)  # plain JSON
     back = transfer.load(json.loads(json.dumps(tree)), tmp_path, device="cpu")
     assert back.keys() == value.keys()
-    for key in ("boxes", "idx", "mask"):
+    for key in ("boxes", "idx", "mask", "loss"):
         assert back[key].dtype == value[key].dtype and torch.equal(back[key], value[key])
+    assert back["loss"].shape == ()  # a 0-d tensor stays 0-d
     assert (back["t"], back["n"], back["s"], back["none"]) == (0.5, 3, "linear", None)
     assert isinstance(back["pair"], tuple) and back["pair"][1].shape == (0, 4)
     assert torch.equal(back["targets"][0]["labels"], torch.tensor([1]))
