@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.device import available_devices
-from course_lib.exercises import find_exercise, load_lesson
-from course_lib.exercises.core import check, compare, to_plain
+from course_lib.exercises import load_lesson
+from course_lib.exercises.core import check
 from course_lib.exercises.lesson05 import LECTURE_DOG_BOXES, LECTURE_DOG_SCORES
 
 EXERCISES = load_lesson("05")
@@ -15,41 +14,6 @@ EXERCISES = load_lesson("05")
 
 def test_names_match_references():
     assert set(EXERCISES) == {"box_iou", "nms", "soft_nms", "average_precision"}
-    for name, ex in EXERCISES.items():
-        assert ex.name == name == ex.reference.__name__
-        assert find_exercise(name) is ex
-
-
-@pytest.mark.parametrize("name", sorted(EXERCISES))
-def test_hand_worked_answers_agree_with_reference(name):
-    ex = EXERCISES[name]
-    hand = [c for c in ex.cases if c.expected is not None]
-    assert hand, "every table has hand-worked cases"
-    for case in hand:
-        got = to_plain(ex.reference(**case.kwargs))
-        assert compare(got, to_plain(case.expected), ex.atol, ex.rtol, ex.exact) is None, case.name
-
-
-@pytest.mark.parametrize("device", available_devices())
-@pytest.mark.parametrize("name", sorted(EXERCISES))
-def test_reference_passes_its_table(name, device, capsys):
-    assert check(EXERCISES[name].reference, EXERCISES[name], device=device)
-    assert "all passed" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name", sorted(EXERCISES))
-def test_random_cases_are_reproducible_and_valid(name):
-    ex = EXERCISES[name]
-    for seed in range(20):
-        a = ex.random_case(np.random.default_rng(seed))
-        b = ex.random_case(np.random.default_rng(seed))
-        assert a.keys() == b.keys()
-        for k in a:
-            if isinstance(a[k], torch.Tensor):
-                assert torch.equal(a[k], b[k])
-            else:
-                assert a[k] == b[k]
-        to_plain(ex.reference(**a))  # the reference runs on it
 
 
 def test_lecture_dog_boxes_have_the_lecture_ious():

@@ -24,7 +24,9 @@ __all__ = [
 
 # lesson id (as in the notebook metadata ``course.lesson``) -> module with an ``EXERCISES`` dict
 LESSONS: dict[str, str] = {
+    "01": "course_lib.exercises.lesson01",
     "05": "course_lib.exercises.lesson05",
+    "06": "course_lib.exercises.lesson06",
 }
 
 

@@ -40,20 +40,25 @@ class ClsLocNet(nn.Module):
         image_size: S, the side of the square input images (a multiple of 16).
         width: channels of the first block; doubled in each of the 4 blocks (capped at 8x).
         hidden: size of the shared fully connected layer before the two heads.
+        background: add a class for "no object here" (what a sliding-window detector needs):
+            the class head then has C + 1 outputs, index 0 is background and the objects are
+            1..C (the synthetic labels as they are). Default: C outputs, objects 0..C-1.
     """
 
     def __init__(self, num_classes: int, image_size: int = 64, width: int = 16,
-                 hidden: int = 256) -> None:
+                 hidden: int = 256, background: bool = False) -> None:
         super().__init__()
         if image_size % 16:
             raise ValueError(f"image_size must be a multiple of 16, got {image_size}")
         channels = [3, width, 2 * width, 4 * width, 8 * width]
         self.image_size = image_size
+        self.num_classes = num_classes
+        self.background = background
         self.backbone = nn.Sequential(*[_block(channels[i], channels[i + 1]) for i in range(4)])
         side = image_size // 16
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(channels[-1] * side * side, hidden),
                                 nn.ReLU(inplace=True), nn.Dropout(0.1))
-        self.class_head = nn.Linear(hidden, num_classes)
+        self.class_head = nn.Linear(hidden, num_classes + int(background))
         self.box_head = nn.Linear(hidden, 4)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,7 +68,8 @@ class ClsLocNet(nn.Module):
             images (Tensor[B, 3, S, S]): images in [0, 1].
 
         Returns:
-            class_logits (Tensor[B, C]) and boxes (Tensor[B, 4]): ``(cx, cy, w, h) / S``.
+            class_logits (Tensor[B, C], or Tensor[B, C + 1] with ``background``) and boxes
+            (Tensor[B, 4]): ``(cx, cy, w, h) / S``.
         """
         if images.dim() != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
             raise ValueError(f"images must have shape (B, 3, {self.image_size}, "
@@ -77,7 +83,8 @@ class ClsLocNet(nn.Module):
         """Labels, scores and pixel boxes for a batch (eval mode is the caller's choice).
 
         Returns:
-            dict with ``labels`` (Tensor[B], 0..C-1), ``scores`` (Tensor[B], softmax
+            dict with ``labels`` (Tensor[B], 0..C-1; with ``background`` 0..C, 0 meaning
+            background), ``scores`` (Tensor[B], softmax
             probability of that label) and ``boxes`` (Tensor[B, 4], xyxy pixels).
         """
         logits, boxes = self(images)

@@ -9,8 +9,17 @@ reverse.
 from course_lib.widgets.iou_explorer import IoUExplorer, iou_explorer, iou_quality
 from course_lib.widgets.nms_stepper import NMSStepper, nms_stepper
 from course_lib.widgets.pr_curve_builder import PRCurveBuilder, pr_curve_builder
+from course_lib.widgets.sliding_window_explorer import (
+    SlidingWindowExplorer,
+    sliding_window_explorer,
+)
+from course_lib.widgets.transposed_conv_explorer import (
+    TransposedConvExplorer,
+    transposed_conv_explorer,
+)
 
 __all__ = [
-    "IoUExplorer", "NMSStepper", "PRCurveBuilder",
-    "iou_explorer", "iou_quality", "nms_stepper", "pr_curve_builder",
+    "IoUExplorer", "NMSStepper", "PRCurveBuilder", "TransposedConvExplorer",
+    "iou_explorer", "iou_quality", "nms_stepper", "pr_curve_builder", "transposed_conv_explorer",
+    "SlidingWindowExplorer", "sliding_window_explorer",
 ]

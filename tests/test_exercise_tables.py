@@ -1,0 +1,67 @@
+"""Every exercise table of every lesson: the properties the self-checks and the grader rely on.
+
+Lesson-specific checks (lecture numbers, comparisons with PyTorch, mutants that the visible
+cases must catch) live in tests/test_lessonNN_exercises.py.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib.device import available_devices
+from course_lib.exercises import LESSONS, find_exercise, load_lesson
+from course_lib.exercises.core import check, compare, to_plain
+
+EXERCISES = [(lesson, name) for lesson in sorted(LESSONS) for name in sorted(load_lesson(lesson))]
+PLAIN_TYPES = (torch.Tensor, int, float, bool, str)  # what the grader transfers
+
+
+def exercise(lesson, name):
+    return load_lesson(lesson)[name]
+
+
+def test_exercise_names_are_unique_across_lessons():
+    names = [name for _, name in EXERCISES]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("lesson, name", EXERCISES)
+def test_name_equals_the_reference_it_is_graded_against(lesson, name):
+    ex = exercise(lesson, name)
+    assert ex.name == name == ex.reference.__name__
+    assert find_exercise(name) is ex
+    assert ex.cases and ex.points > 0
+
+
+@pytest.mark.parametrize("lesson, name", EXERCISES)
+def test_hand_worked_answers_agree_with_the_reference(lesson, name):
+    ex = exercise(lesson, name)
+    hand = [c for c in ex.cases if c.expected is not None]
+    assert hand, "every table has hand-worked cases"
+    for case in hand:
+        got = to_plain(ex.reference(**case.kwargs))
+        assert compare(got, to_plain(case.expected), ex.atol, ex.rtol, ex.exact) is None, case.name
+
+
+@pytest.mark.parametrize("device", available_devices())
+@pytest.mark.parametrize("lesson, name", EXERCISES)
+def test_reference_passes_its_table(lesson, name, device, capsys):
+    ex = exercise(lesson, name)
+    assert check(ex.reference, ex, device=device)
+    assert "all passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("lesson, name", EXERCISES)
+def test_random_cases_are_reproducible_plain_and_accepted_by_the_reference(lesson, name):
+    ex = exercise(lesson, name)
+    for seed in range(20):
+        a = ex.random_case(np.random.default_rng(seed))
+        b = ex.random_case(np.random.default_rng(seed))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert isinstance(a[key], PLAIN_TYPES), (key, type(a[key]))
+            if isinstance(a[key], torch.Tensor):
+                assert torch.equal(a[key], b[key]) and a[key].numel() <= 10_000  # small
+            else:
+                assert a[key] == b[key]
+        to_plain(ex.reference(**a))
