@@ -65,6 +65,20 @@ def _as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _per_box(values: Any, n: int, name: str) -> np.ndarray | None:
+    """``values`` as a 1-D array with one entry per box, or None when not given.
+
+    Raises:
+        ValueError: if there are not ``n`` entries.
+    """
+    if values is None:
+        return None
+    array = _as_numpy(values).reshape(-1)  # (N,)
+    if array.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) to match boxes, got ({array.shape[0]},)")
+    return array
+
+
 def _as_boxes(boxes: Any, name: str = "boxes") -> np.ndarray:
     """Validate ``boxes`` and return them as a float64 array of shape ``(N, 4)``."""
     array = _as_numpy(boxes).astype(np.float64)
@@ -204,11 +218,9 @@ def draw_boxes(
     """
     array = _as_boxes(boxes)
     n = array.shape[0]
-    label_list = None if labels is None else _as_numpy(labels).reshape(-1).tolist()
-    score_list = None if scores is None else _as_numpy(scores).reshape(-1).tolist()
-    for name, values in (("labels", label_list), ("scores", score_list)):
-        if values is not None and len(values) != n:
-            raise ValueError(f"{name} must have shape ({n},) to match boxes, got ({len(values)},)")
+    label_array, score_array = _per_box(labels, n, "labels"), _per_box(scores, n, "scores")
+    label_list = None if label_array is None else label_array.tolist()
+    score_list = None if score_array is None else score_array.tolist()
     color_list = _color_list(colors, label_list, n, "boxes")
 
     patches = []
@@ -654,20 +666,12 @@ def _draw_prediction(
     """Dashed boxes (and dashed mask outlines) of the predictions scoring >= the threshold."""
     boxes = _as_boxes(prediction["boxes"], "predictions boxes")  # (D, 4)
     keep = np.ones(boxes.shape[0], dtype=bool)
-    scores = prediction.get("scores")
+    scores = _per_box(prediction.get("scores"), boxes.shape[0], "predictions scores")
     if scores is not None:
-        scores = _as_numpy(scores).reshape(-1)
-        if scores.shape[0] != boxes.shape[0]:
-            raise ValueError(f"predictions scores must have shape ({boxes.shape[0]},) to match "
-                             f"boxes, got {scores.shape}")
         keep = scores >= score_threshold
         scores = scores[keep]
-    labels = prediction.get("labels")
+    labels = _per_box(prediction.get("labels"), boxes.shape[0], "predictions labels")
     if labels is not None:
-        labels = _as_numpy(labels).reshape(-1)
-        if labels.shape[0] != keep.shape[0]:
-            raise ValueError(f"predictions labels must have shape ({keep.shape[0]},) to match "
-                             f"boxes, got {labels.shape}")
         labels = labels[keep]
     if masks and prediction.get("masks") is not None:
         binary = _as_masks(prediction["masks"], "predictions masks")  # (D, H, W)
