@@ -219,9 +219,23 @@ def test_module_forward_and_training_decreases_losses():
     assert len(proposals) == 2 and all(p.shape[1] == 4 and p.shape[0] <= 10 for p in proposals)
 
     rpn.eval()
-    rpn.post_nms_top_n = 1000  # keep every proposal that survives NMS
+    rpn.post_nms_top_n = (10, 1000)  # at test time, keep every proposal that survives NMS
     proposals, losses = rpn(features)
     assert losses == {}
     # the box deltas were learnt: each GT box is found by a proposal
     for p, t in zip(proposals, targets, strict=True):
         assert (box_iou(t["boxes"], p).max(dim=1).values > 0.8).all()
+
+
+def test_train_and_test_proposal_counts():
+    rpn = RegionProposalNetwork(8, IMAGE, STRIDE, SIZES, RATIOS, post_nms_top_n=(7, 3))
+    features = torch.randn(1, 8, *FEAT)
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 26.0, 30.0]])}]
+    proposals, _ = rpn(features, targets)
+    assert proposals[0].shape[0] == 7
+    rpn.eval()
+    proposals, _ = rpn(features)
+    assert proposals[0].shape[0] == 3
+    for bad in (-1, (1, 2, 3), 2.5):
+        with pytest.raises(ValueError, match="post_nms_top_n"):
+            RegionProposalNetwork(8, IMAGE, STRIDE, SIZES, RATIOS, post_nms_top_n=bad)

@@ -22,7 +22,9 @@ object in this anchor?", ``K x H x W``) and 4 *deltas* that move the anchor onto
   ones, clip them to the image, drop tiny ones, NMS, keep the top N: the proposals.
 
 Everything follows torchvision's ``RegionProposalNetwork`` for one feature-map level, and the
-tests check that the losses and proposals are equal to torchvision's.
+tests check that the losses and proposals are equal to torchvision's. The NMS is torchvision's
+compiled kernel: :func:`course_lib.nms.nms` is the readable version, tested equal to it, and
+about 20x slower on a thousand boxes (``benchmarks/bench_ops.py``), too slow to train with.
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import nms
 
 from course_lib.anchors import generate_anchors
 from course_lib.coder import decode_boxes, encode_boxes
 from course_lib.matching import label_anchors, sample_labels
-from course_lib.nms import nms
 
 
 class RPNHead(nn.Module):
@@ -274,6 +276,16 @@ def select_proposals(
     return all_boxes, all_scores
 
 
+def _train_test_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    """``n`` -> ``(n, n)``; a ``(training, testing)`` pair as it is; checks both are >= 0."""
+    pair = (value, value) if not isinstance(value, Sequence) else tuple(value)
+    if len(pair) != 2 or any(not isinstance(n, int) or isinstance(n, bool) or n < 0
+                             for n in pair):
+        raise ValueError(f"{name} must be an int >= 0 or a (training, testing) pair of them, "
+                         f"got {value!r}")
+    return pair
+
+
 class RegionProposalNetwork(nn.Module):
     """A one-level RPN: anchors, :class:`RPNHead`, :func:`rpn_loss` and :func:`select_proposals`.
 
@@ -285,8 +297,10 @@ class RegionProposalNetwork(nn.Module):
         aspect_ratios: anchor height / width ratios, e.g. ``(0.5, 1.0, 2.0)``.
         pos_iou, neg_iou: IoU thresholds of :func:`~course_lib.matching.label_anchors`.
         batch_size_per_image, positive_fraction: the sampling of :func:`rpn_loss`.
-        pre_nms_top_n, post_nms_top_n, nms_thresh, min_size, score_thresh: the settings of
-            :func:`select_proposals`.
+        pre_nms_top_n, post_nms_top_n: the settings of :func:`select_proposals`: one number,
+            or a pair ``(training, testing)`` (more proposals while training, as torchvision:
+            2000 / 1000 by default there).
+        nms_thresh, min_size, score_thresh: the other settings of :func:`select_proposals`.
     """
 
     def __init__(
@@ -300,8 +314,8 @@ class RegionProposalNetwork(nn.Module):
         neg_iou: float = 0.3,
         batch_size_per_image: int = 256,
         positive_fraction: float = 0.5,
-        pre_nms_top_n: int = 1000,
-        post_nms_top_n: int = 100,
+        pre_nms_top_n: int | tuple[int, int] = 1000,
+        post_nms_top_n: int | tuple[int, int] = 100,
         nms_thresh: float = 0.7,
         min_size: float = 1e-3,
         score_thresh: float = 0.0,
@@ -316,7 +330,8 @@ class RegionProposalNetwork(nn.Module):
         self.pos_iou, self.neg_iou = pos_iou, neg_iou
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
-        self.pre_nms_top_n, self.post_nms_top_n = pre_nms_top_n, post_nms_top_n
+        self.pre_nms_top_n = _train_test_pair(pre_nms_top_n, "pre_nms_top_n")
+        self.post_nms_top_n = _train_test_pair(post_nms_top_n, "post_nms_top_n")
         self.nms_thresh, self.min_size, self.score_thresh = nms_thresh, min_size, score_thresh
 
     def anchors(self, feature_size: tuple[int, int], dtype=torch.float32, device=None) -> Tensor:
@@ -356,8 +371,8 @@ class RegionProposalNetwork(nn.Module):
             deltas,
             anchors,
             self.image_size,
-            self.pre_nms_top_n,
-            self.post_nms_top_n,
+            self.pre_nms_top_n[0 if self.training else 1],
+            self.post_nms_top_n[0 if self.training else 1],
             self.nms_thresh,
             self.min_size,
             self.score_thresh,

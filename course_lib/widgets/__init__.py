@@ -6,9 +6,11 @@ a widget without a browser. Widgets import ``course_lib.viz`` and the core ops, 
 reverse.
 """
 
+from course_lib.widgets.anchor_explorer import AnchorExplorer, anchor_explorer
 from course_lib.widgets.iou_explorer import IoUExplorer, iou_explorer, iou_quality
 from course_lib.widgets.nms_stepper import NMSStepper, nms_stepper
 from course_lib.widgets.pr_curve_builder import PRCurveBuilder, pr_curve_builder
+from course_lib.widgets.proposal_viewer import ProposalViewer, proposal_viewer
 from course_lib.widgets.sliding_window_explorer import (
     SlidingWindowExplorer,
     sliding_window_explorer,
@@ -22,4 +24,6 @@ __all__ = [
     "IoUExplorer", "NMSStepper", "PRCurveBuilder", "TransposedConvExplorer",
     "iou_explorer", "iou_quality", "nms_stepper", "pr_curve_builder", "transposed_conv_explorer",
     "SlidingWindowExplorer", "sliding_window_explorer",
+    "ProposalViewer", "proposal_viewer",
+    "AnchorExplorer", "anchor_explorer",
 ]

@@ -1,0 +1,360 @@
+"""Train, time and evaluate the two-stage family (R-CNN, Fast R-CNN, Faster R-CNN), with a cache.
+
+One recipe per detector, on the same synthetic scenes (128 px, 3 classes by default):
+
+=============== ========================================= ==========================================
+detector        proposals                                 regions are classified from
+=============== ========================================= ==========================================
+``rcnn``        selective search (computed once, cached)  a CNN on each warped region of the image
+``fast_rcnn``   selective search (computed once, cached)  RoI Align on one shared feature map
+``faster_rcnn`` its own RPN                               RoI Align on one shared feature map
+=============== ========================================= ==========================================
+
+Lessons 02 and 03 load trained detectors with :func:`load_or_train`: the first call trains
+(minutes, printed up front) and stores a checkpoint under ``data/checkpoints/``; later calls
+load it in a second. ``make checkpoints`` builds all three. The checkpoint also stores the
+history, the measured training time and the test metrics, so that a notebook can show them
+without retraining, and a test can check that the weights reproduce the stored mAP.
+
+Budgets: ``quick=True`` (or the environment variable ``COURSE_QUICK=1``, which ``make test``
+sets) trains on fewer images for fewer minutes: what CI can afford. The full budgets are what
+the lessons and ``benchmarks/bench_two_stage.py`` report.
+
+R-CNN and Fast R-CNN train for the same number of epochs on the same images and proposals, so
+their training times compare like the lecture's (84 h vs 8.75 h there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from course_lib.data import data_dir
+from course_lib.data.synthetic import SyntheticShapes
+from course_lib.device import get_device
+from course_lib.metrics import coco_evaluate
+from course_lib.models.backbone import TinyBackbone
+from course_lib.models.fast_rcnn import FastRCNN
+from course_lib.models.faster_rcnn import FasterRCNN
+from course_lib.models.rcnn import RCNN
+from course_lib.proposals import selective_search
+from course_lib.train import History, fit, seed_everything, to_device
+
+DETECTORS = ("rcnn", "fast_rcnn", "faster_rcnn")
+CACHE_VERSION = 1
+"""Bump when a change to the models or recipes makes old checkpoints wrong."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one detector is trained and tested.
+
+    Attributes:
+        detector: one of :data:`DETECTORS`.
+        num_classes: C, the first C synthetic shapes.
+        image_size: side of the square scenes.
+        num_train: training scenes (split ``"train"``).
+        num_test: held-out scenes for the metrics (split ``"test"``).
+        epochs: passes over the training scenes (``max_minutes`` may stop earlier).
+        max_minutes: training time budget.
+        batch_size: images per step.
+        lr: peak learning rate (AdamW, one-cycle schedule).
+        seed: seeds the weights and the data order.
+    """
+
+    detector: str
+    num_classes: int = 3
+    image_size: int = 128
+    num_train: int = 3000
+    num_test: int = 200
+    epochs: int = 5
+    max_minutes: float = 5.0
+    batch_size: int = 8
+    lr: float = 3e-3
+    seed: int = 0
+
+
+FULL = {
+    "faster_rcnn": Recipe("faster_rcnn", num_train=3000, epochs=5, max_minutes=5.0),
+    "fast_rcnn": Recipe("fast_rcnn", num_train=1000, epochs=6, max_minutes=6.0),
+    "rcnn": Recipe("rcnn", num_train=1000, epochs=6, max_minutes=12.0),
+}
+"""The budgets the lessons and the benchmark report (2 CPU cores)."""
+
+QUICK = {
+    "faster_rcnn": Recipe("faster_rcnn", num_train=1000, num_test=100, epochs=2,
+                          max_minutes=1.5),
+    "fast_rcnn": Recipe("fast_rcnn", num_train=200, num_test=50, epochs=3, max_minutes=1.0),
+    "rcnn": Recipe("rcnn", num_train=200, num_test=50, epochs=3, max_minutes=1.5),
+}
+"""Shortened budgets for CI (``COURSE_QUICK=1``): the same code, fewer images and minutes."""
+
+
+def quick_mode() -> bool:
+    """True when the environment variable ``COURSE_QUICK`` is set to 1 (``make test`` does)."""
+    return os.environ.get("COURSE_QUICK", "") == "1"
+
+
+def recipe_for(detector: str, quick: bool | None = None) -> Recipe:
+    """The full or quick recipe of ``detector`` (``quick=None``: from :func:`quick_mode`)."""
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
+    return (QUICK if (quick_mode() if quick is None else quick) else FULL)[detector]
+
+
+def build_model(recipe: Recipe) -> torch.nn.Module:
+    """A freshly initialised detector for ``recipe`` (seed first for repeatable weights)."""
+    c, s = recipe.num_classes, recipe.image_size
+    if recipe.detector == "faster_rcnn":
+        return FasterRCNN(c, s, backbone=TinyBackbone())
+    if recipe.detector == "fast_rcnn":
+        return FastRCNN(c, s, backbone=TinyBackbone())
+    return RCNN(c, s, cnn=TinyBackbone())
+
+
+def scenes(recipe: Recipe, split: str) -> SyntheticShapes:
+    """The recipe's training (``"train"``) or held-out (``"test"``) scenes."""
+    num = recipe.num_train if split == "train" else recipe.num_test
+    return SyntheticShapes(split, num, kind="detection", image_size=recipe.image_size,
+                           num_classes=recipe.num_classes, progress=False)
+
+
+# ============================================================================ proposals
+
+
+def _search(image: torch.Tensor) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    boxes = selective_search(image)
+    return boxes, time.perf_counter() - start
+
+
+def cached_proposals(dataset: SyntheticShapes, workers: int | None = None,
+                     progress: bool = True) -> tuple[list[torch.Tensor], float]:
+    """Selective-search proposals of every image of a synthetic split, computed once.
+
+    Stored next to the split's cache (``<cache name>.proposals.pt``) with the measured search
+    time, so that lesson 02 can report the share of the test time spent on proposals.
+
+    Args:
+        dataset: a cached :class:`SyntheticShapes` split.
+        workers: processes for the search (default: every CPU core, at most 4).
+        progress: print a line before a long computation.
+
+    Returns:
+        tuple[list[Tensor[P_i, 4]], float]: the proposals of each image and the mean search
+        time per image in seconds (as measured when they were computed).
+    """
+    path = Path(f"{dataset.cache_path}.proposals.pt")
+    if path.exists():
+        stored = torch.load(path, weights_only=True)
+        return stored["proposals"], float(stored["seconds_per_image"])
+    workers = workers or min(4, os.cpu_count() or 1)
+    if progress:
+        print(f"Selective search on {len(dataset)} images with {workers} process(es) "
+              f"(~{0.2 * len(dataset) / workers:.0f} s, once; cached in {path.name})")
+    images = [dataset[i][0] for i in range(len(dataset))]
+    torch_threads = torch.get_num_threads()
+    if workers > 1:
+        with get_context("spawn").Pool(workers) as pool:
+            results = pool.map(_search, images, chunksize=8)
+    else:
+        results = [_search(image) for image in images]
+    torch.set_num_threads(torch_threads)
+    proposals = [boxes for boxes, _ in results]
+    seconds = sum(s for _, s in results) / max(len(results), 1)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save({"proposals": proposals, "seconds_per_image": seconds}, tmp)
+    os.replace(tmp, path)
+    return proposals, seconds
+
+
+class WithProposals(Dataset):
+    """``dataset[i]`` plus its proposals: ``(image, target, proposals Tensor[P, 4])``."""
+
+    def __init__(self, dataset: Dataset, proposals: Sequence[torch.Tensor]) -> None:
+        if len(dataset) != len(proposals):
+            raise ValueError(f"need one proposal tensor per image: {len(dataset)} images, "
+                             f"{len(proposals)} proposal tensors")
+        self.dataset, self.proposals = dataset, proposals
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        return image, target, self.proposals[index]
+
+
+def collate(batch: list) -> tuple:
+    """``(image, target[, proposals])`` items -> ``(images, targets[, proposals])`` lists."""
+    return tuple(list(column) for column in zip(*batch, strict=True))
+
+
+def data_for(recipe: Recipe, split: str) -> Dataset:
+    """The scenes of a split, with their cached proposals for R-CNN and Fast R-CNN."""
+    dataset = scenes(recipe, split)
+    if recipe.detector == "faster_rcnn":
+        return dataset
+    return WithProposals(dataset, cached_proposals(dataset)[0])
+
+
+# ============================================================================ train / test
+
+
+def compute_losses(model: torch.nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
+    """``model(images, targets)`` or ``model(images, targets, proposals)``: the losses."""
+    return model(*batch)
+
+
+def train(recipe: Recipe, device: str = "auto", progress: bool = True
+          ) -> tuple[torch.nn.Module, History, float]:
+    """Train a detector from scratch with ``recipe``.
+
+    Returns:
+        The model (eval mode), its training history and the training time in seconds (the
+        data and proposal caches are built before the clock starts).
+    """
+    seed_everything(recipe.seed)
+    data = data_for(recipe, "train")
+    loader = DataLoader(data, batch_size=recipe.batch_size, shuffle=True, collate_fn=collate,
+                        drop_last=True)
+    model = build_model(recipe)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
+    steps = recipe.epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr,
+                                                    total_steps=steps, pct_start=0.1)
+    start = time.perf_counter()
+    history = fit(model, loader, optimizer, compute_losses, epochs=recipe.epochs,
+                  scheduler=scheduler, device=device, max_minutes=recipe.max_minutes,
+                  progress=progress, seed=recipe.seed)
+    return model.eval(), history, time.perf_counter() - start
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, recipe: Recipe, device: str = "auto",
+             num_images: int | None = None) -> dict[str, float]:
+    """COCO metrics on the held-out scenes, and the test time per image.
+
+    For R-CNN and Fast R-CNN the proposals are the cached ones, and the time of selective
+    search (measured when they were computed) is reported apart: ``proposal_seconds``.
+
+    Returns:
+        dict: the 12 numbers of :func:`~course_lib.metrics.coco_evaluate` (``AP50`` is the
+        mAP at IoU 0.5) plus ``network_seconds`` (per image, batch of 1, after the
+        proposals), ``proposal_seconds`` (per image; 0 for Faster R-CNN, whose proposals are
+        part of the network) and ``test_seconds`` (their sum).
+    """
+    dev = get_device(device)
+    model = model.to(dev).eval()
+    data = data_for(recipe, "test")
+    count = len(data) if num_images is None else min(num_images, len(data))
+    targets, predictions, seconds = [], [], 0.0
+    for i in range(count):
+        item = data[i]
+        inputs = to_device(([item[0]], None, [item[2]]) if len(item) == 3 else ([item[0]],), dev)
+        start = time.perf_counter()
+        output = model(*inputs)[0]
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - start
+        predictions.append({k: output[k].cpu() for k in ("boxes", "scores", "labels")})
+        targets.append(item[1])
+    metrics = coco_evaluate(targets, predictions)
+    proposal_seconds = 0.0
+    if recipe.detector != "faster_rcnn":
+        proposal_seconds = cached_proposals(data.dataset)[1]
+    metrics.update(network_seconds=seconds / count, proposal_seconds=proposal_seconds,
+                   test_seconds=seconds / count + proposal_seconds)
+    return metrics
+
+
+# ============================================================================ cache
+
+
+def checkpoint_path(recipe: Recipe) -> Path:
+    """``data/checkpoints/<detector>_<hash of the recipe and CACHE_VERSION>.pt``."""
+    key = json.dumps({"version": CACHE_VERSION, **asdict(recipe)}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return data_dir() / "checkpoints" / f"{recipe.detector}_{digest}.pt"
+
+
+def load_or_train(detector: str, quick: bool | None = None, device: str = "auto",
+                  progress: bool = True, retrain: bool = False
+                  ) -> tuple[torch.nn.Module, dict]:
+    """The trained detector from the cache, or train it now (and cache it).
+
+    Args:
+        detector: one of :data:`DETECTORS`.
+        quick: the CI budgets (default: ``COURSE_QUICK=1`` in the environment).
+        device: where to train and to put the model.
+        progress: progress bars while training.
+        retrain: ignore the cache and train again.
+
+    Returns:
+        ``(model, info)``: the model in eval mode and a dict with ``recipe`` (dict),
+        ``history`` (:class:`~course_lib.train.History`), ``train_seconds`` (measured
+        training time), ``metrics`` (:func:`evaluate` right after training) and ``path``.
+    """
+    recipe = recipe_for(detector, quick)
+    path = checkpoint_path(recipe)
+    dev = get_device(device)
+    model = build_model(recipe)
+    if path.exists() and not retrain:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            info = {**state["info"], "history": History(**state["info"]["history"]),
+                    "path": path}
+            print(f"Loaded the trained {detector} from {path.name} (trained for "
+                  f"{info['train_seconds'] / 60:.1f} min; mAP@0.5 on {recipe.num_test} held-out "
+                  f"scenes {info['metrics']['AP50']:.3f}).")
+            return model.to(dev).eval(), info
+        except Exception as error:  # a stale, corrupt or foreign file: train again
+            print(f"Cannot use {path} ({error}); training again.")
+    print(f"No trained {detector} in the cache: training it now, at most "
+          f"{recipe.max_minutes:g} min on {recipe.num_train} scenes (once; cached in {path}).")
+    model, history, seconds = train(recipe, device=device, progress=progress)
+    metrics = evaluate(model, recipe, device=device)
+    info = {"recipe": asdict(recipe), "history": asdict(history), "train_seconds": seconds,
+            "metrics": metrics}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save({"model": model.cpu().state_dict(), "info": info}, tmp)
+    os.replace(tmp, path)
+    return model.to(dev).eval(), {**info, "history": history, "path": path}
+
+
+def with_recipe(recipe: Recipe, **changes) -> Recipe:
+    """A copy of ``recipe`` with some fields changed (e.g. a shorter budget for a test)."""
+    return replace(recipe, **changes)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m course_lib.recipes.two_stage [--quick] [detector ...]``: fill the cache."""
+    parser = argparse.ArgumentParser(description="Train the two-stage detectors once and cache "
+                                                 "them (data/checkpoints/).")
+    parser.add_argument("detectors", nargs="*", metavar="detector",
+                        help=f"some of {', '.join(DETECTORS)} (default: all)")
+    parser.add_argument("--quick", action="store_true", default=None,
+                        help="CI budgets (default: COURSE_QUICK=1 in the environment)")
+    parser.add_argument("--retrain", action="store_true", help="ignore the cache")
+    args = parser.parse_args(argv)
+    for detector in args.detectors or DETECTORS:
+        _model, info = load_or_train(detector, args.quick, progress=False, retrain=args.retrain)
+        m = info["metrics"]
+        print(f"{detector:12s} mAP@0.5 {m['AP50']:.3f}  AP {m['AP']:.3f}  train "
+              f"{info['train_seconds']:.0f} s  test {1000 * m['test_seconds']:.0f} ms/image")
+
+
+if __name__ == "__main__":
+    main()
