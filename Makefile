@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8888
 
-.PHONY: setup lab test lint unit nbval build execute data bench clean
+.PHONY: setup lab test lint unit nbval build execute data checkpoints bench clean
 
 setup: $(STAMP)
 
@@ -43,13 +43,21 @@ nbval: setup
 	$(BIN)/python -m pytest -p no:cacheprovider --nbval solutions -o testpaths=
 	$(BIN)/python -m pytest -p no:cacheprovider --nbval-lax notebooks -o testpaths=
 
+# CI budgets (COURSE_QUICK=1): the detectors the notebooks load are trained on fewer images for
+# fewer minutes (course_lib/recipes/two_stage.py), once, before the tests that use them.
 test: setup lint
 	$(BIN)/course-build --check
-	$(MAKE) --no-print-directory unit nbval
+	COURSE_QUICK=1 $(BIN)/python -m course_lib.recipes.two_stage
+	COURSE_QUICK=1 $(MAKE) --no-print-directory unit nbval
 
 # Optional: pre-build the synthetic data caches (lessons build what they need on first use).
 data: setup
 	$(BIN)/python data_scripts/make_synthetic.py
+
+# Optional: train the detectors of lessons 02-03 once (full budgets, ~25 min on 2 cores);
+# otherwise each notebook trains what it needs the first time it runs and caches it.
+checkpoints: setup
+	$(BIN)/python -m course_lib.recipes.two_stage
 
 bench: setup
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -1,4 +1,4 @@
-"""Speed of ``course_lib.boxes.box_iou`` and ``course_lib.nms.nms`` against torchvision.ops.
+"""Speed of ``box_iou``, ``nms``, ``roi_align`` and ``roi_pool`` of course_lib against torchvision.
 
 Data: realistic detector output before NMS: N boxes that are jittered copies (centre and size,
 ~10% of the box size) of boxes around 50 object centres in an 800x800 image, sizes 20-200 px,
@@ -7,6 +7,13 @@ torchvision timed in alternation), the ratio ours / torchvision of the medians a
 runs, and whether ``nms`` stays within 10x of torchvision at 1000 boxes. Also times ``nms_steps``,
 the textbook one-kept-box-per-step loop, to show why ``nms`` settles boxes in blocks. Outputs are
 checked to be identical first. Threads: torch's default unless ``--threads``.
+
+The two-stage detectors' hot spots are timed too, on what one training step of
+``course_lib.models.faster_rcnn.FasterRCNN`` meets: RoI Align and RoI Pool forward + backward
+for 8 images x 64 regions on a 64-channel 16 x 16 feature map, and NMS over an RPN's 600
+best-scoring proposals of one image (spread over the image, so many survive). These rows are why
+the models call torchvision's compiled kernels (equal outputs, tested) while the readable
+versions in ``course_lib`` are what the lessons teach.
 
 On a machine whose cores are busy with other work, torch's multi-threaded kernels wait for their
 threads and small ops become slow (torchvision's NMS kernel is single-threaded C++); compare with
@@ -28,6 +35,7 @@ import torchvision.ops as tvops
 
 from course_lib.boxes import box_iou
 from course_lib.nms import nms, nms_steps
+from course_lib.roi import roi_align, roi_pool
 
 SIZES = (1000, 5000)
 IOU_THRESHOLD = 0.5
@@ -44,6 +52,31 @@ def clustered_boxes(n: int, seed: int = 0, num_centres: int = 50) -> tuple[torch
     wh = sizes[which] * (1 + 0.1 * torch.randn(n, 2, generator=g))  # (n, 2)
     boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], dim=1)  # (n, 4)
     return boxes, torch.rand(n, generator=g)
+
+
+def detector_rois(device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A (8, 64, 16, 16) feature map (stride 8, 128 px images) and 64 regions per image."""
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(8, 64, 16, 16, generator=g).to(device)
+    xy = torch.rand(8, 64, 2, generator=g) * 100
+    wh = 8 + torch.rand(8, 64, 2, generator=g) * 60
+    boxes = torch.cat([xy, (xy + wh).clamp(max=128)], dim=2).to(device)  # (8, 64, 4)
+    return features, list(boxes)
+
+
+def forward_backward(op, features: torch.Tensor, boxes, **kwargs):
+    """``op(features, boxes, ...)`` then the backward pass of its sum."""
+    x = features.detach().requires_grad_(True)
+    op(x, boxes, **kwargs).sum().backward()
+    return x.grad
+
+
+def rpn_like_boxes(n: int = 600, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` boxes of 8..100 px anywhere in a 128 px image, and random scores."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 120
+    wh = 8 + torch.rand(n, 2, generator=g) * 92
+    return torch.cat([xy, (xy + wh).clamp(max=128)], dim=1), torch.rand(n, generator=g)
 
 
 def time_pair(ours, ref, repeat: int, device: torch.device) -> tuple[float, ...]:
@@ -98,6 +131,25 @@ def main() -> None:
         rows.append((f"nms_steps {n} (plain loop)", *time_pair(
             partial(nms_steps, boxes, scores, t), partial(tvops.nms, boxes, scores, t), 3,
             device)))
+
+    features, rois = detector_rois(device)
+    for name, ours_op, tv_op, kwargs in (
+        ("roi_align fwd+bwd 8x64 RoIs", roi_align, tvops.roi_align,
+         {"output_size": 7, "spatial_scale": 1 / 8, "sampling_ratio": 2}),
+        ("roi_pool fwd+bwd 8x64 RoIs", roi_pool, tvops.roi_pool,
+         {"output_size": 7, "spatial_scale": 1 / 8}),
+    ):
+        torch.testing.assert_close(forward_backward(ours_op, features, rois, **kwargs),
+                                   forward_backward(tv_op, features, rois, **kwargs))
+        rows.append((name, *time_pair(partial(forward_backward, ours_op, features, rois, **kwargs),
+                                      partial(forward_backward, tv_op, features, rois, **kwargs),
+                                      max(3, args.repeat // 3), device)))
+    boxes, scores = (t.to(device) for t in rpn_like_boxes())
+    kept = tvops.nms(boxes, scores, 0.7)
+    assert torch.equal(nms(boxes, scores, 0.7), kept)
+    rows.append((f"nms 600 RPN-like ({len(kept)} kept)", *time_pair(
+        partial(nms, boxes, scores, 0.7), partial(tvops.nms, boxes, scores, 0.7), args.repeat,
+        device)))
 
     print(f"{'':28} {'median ms: ours':>16} {'torchvision':>12} {'ours/tv':>8}"
           f" {'best: ours/tv':>14}")

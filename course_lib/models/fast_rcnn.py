@@ -23,17 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from course_lib.models.backbone import TinyBackbone
 from course_lib.models.faster_rcnn import ROI_OPS, pool_regions, stack_images
-from course_lib.models.roi_heads import (
-    BoxHead,
-    fast_rcnn_loss,
-    postprocess_detections,
-    sample_proposals,
-)
+from course_lib.models.roi_heads import BoxHead, second_stage
 from course_lib.proposals import selective_search
 
 
@@ -129,15 +123,11 @@ class FastRCNN(nn.Module):
         proposals = check_proposals(proposals, len(batch))
         features = self.backbone(batch)  # (B, 3, S, S) -> (B, F, S/stride, S/stride)
 
-        if self.training:
-            regions, labels, deltas = sample_proposals(
-                proposals, targets, self.batch_size_per_image, self.positive_fraction)
+        def classify(regions):  # each region pooled from the shared feature map
             pooled = pool_regions(features, regions, self.roi_op, self.roi_size, self.stride)
-            class_logits, box_deltas = self.box_head(pooled)  # (R, C+1), (R, 4(C+1))
-            return fast_rcnn_loss(class_logits, box_deltas, torch.cat(labels), torch.cat(deltas))
+            return self.box_head(pooled)  # (R, F, 7, 7) -> (R, C+1), (R, 4(C+1))
 
-        pooled = pool_regions(features, proposals, self.roi_op, self.roi_size, self.stride)
-        class_logits, box_deltas = self.box_head(pooled)  # (R, C+1), (R, 4(C+1))
-        return postprocess_detections(
-            class_logits, box_deltas, proposals, (self.image_size, self.image_size),
-            self.score_thresh, self.nms_thresh, self.detections_per_img)
+        return second_stage(
+            classify, proposals, targets if self.training else None,
+            (self.image_size, self.image_size), self.batch_size_per_image,
+            self.positive_fraction, self.score_thresh, self.nms_thresh, self.detections_per_img)

@@ -34,12 +34,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
 from course_lib.models.backbone import TinyBackbone
-from course_lib.models.roi_heads import (
-    BoxHead,
-    fast_rcnn_loss,
-    postprocess_detections,
-    sample_proposals,
-)
+from course_lib.models.roi_heads import BoxHead, second_stage
 from course_lib.models.rpn import RegionProposalNetwork
 
 ROI_OPS = ("align", "pool")
@@ -174,23 +169,20 @@ class FasterRCNN(nn.Module):
         # first stage: P proposals per image (no gradient flows through their coordinates)
         proposals, rpn_losses = self.rpn(features, targets if self.training else None)
 
-        if self.training:
-            # second stage, training: a balanced sample of regions, and their targets
-            regions, labels, deltas = sample_proposals(
-                proposals, targets, self.box_batch_size_per_image, self.box_positive_fraction)
+        # second stage: every region cut out of the shared feature map, then the box head
+        def classify(regions):
             pooled = pool_regions(features, regions, self.roi_op, self.roi_size, self.stride)
-            class_logits, box_deltas = self.box_head(pooled)  # (R, C+1), (R, 4(C+1))
-            losses = fast_rcnn_loss(class_logits, box_deltas, torch.cat(labels),
-                                    torch.cat(deltas))
-            return {"loss_objectness": rpn_losses["objectness"],
-                    "loss_rpn_box_reg": rpn_losses["box"], **losses}
+            return self.box_head(pooled)  # (R, F, 7, 7) -> (R, C+1), (R, 4(C+1))
 
-        # second stage, inference: every proposal is classified and refined
-        pooled = pool_regions(features, proposals, self.roi_op, self.roi_size, self.stride)
-        class_logits, box_deltas = self.box_head(pooled)  # (R, C+1), (R, 4(C+1))
-        return postprocess_detections(
-            class_logits, box_deltas, proposals, (self.image_size, self.image_size),
-            self.box_score_thresh, self.box_nms_thresh, self.box_detections_per_img)
+        out = second_stage(
+            classify, proposals, targets if self.training else None,
+            (self.image_size, self.image_size), self.box_batch_size_per_image,
+            self.box_positive_fraction, self.box_score_thresh, self.box_nms_thresh,
+            self.box_detections_per_img)
+        if not self.training:
+            return out  # the detections
+        return {"loss_objectness": rpn_losses["objectness"],
+                "loss_rpn_box_reg": rpn_losses["box"], **out}
 
     @torch.no_grad()
     def proposals(self, images: Sequence[Tensor] | Tensor) -> list[Tensor]:

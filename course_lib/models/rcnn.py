@@ -27,12 +27,7 @@ from torchvision.ops import roi_align
 from course_lib.models.backbone import TinyBackbone
 from course_lib.models.fast_rcnn import check_proposals, search_proposals
 from course_lib.models.faster_rcnn import stack_images
-from course_lib.models.roi_heads import (
-    BoxHead,
-    fast_rcnn_loss,
-    postprocess_detections,
-    sample_proposals,
-)
+from course_lib.models.roi_heads import BoxHead, second_stage
 
 
 def warp_regions(images: Tensor, regions: Sequence[Tensor], crop_size: int) -> Tensor:
@@ -124,13 +119,8 @@ class RCNN(nn.Module):
             proposals = search_proposals(batch, self.max_proposals)
         proposals = check_proposals(proposals, len(batch))
 
-        if self.training:
-            regions, labels, deltas = sample_proposals(
-                proposals, targets, self.batch_size_per_image, self.positive_fraction)
-            class_logits, box_deltas = self.classify_regions(batch, regions)
-            return fast_rcnn_loss(class_logits, box_deltas, torch.cat(labels), torch.cat(deltas))
-
-        class_logits, box_deltas = self.classify_regions(batch, proposals)
-        return postprocess_detections(
-            class_logits, box_deltas, proposals, (self.image_size, self.image_size),
-            self.score_thresh, self.nms_thresh, self.detections_per_img)
+        return second_stage(
+            lambda regions: self.classify_regions(batch, regions), proposals,
+            targets if self.training else None, (self.image_size, self.image_size),
+            self.batch_size_per_image, self.positive_fraction, self.score_thresh,
+            self.nms_thresh, self.detections_per_img)

@@ -262,3 +262,47 @@ class BoxHead(nn.Module):
         x = F.relu(self.fc6(x))  # (R, hidden)
         x = F.relu(self.fc7(x))  # (R, hidden)
         return self.cls_score(x), self.bbox_pred(x)
+
+
+def second_stage(
+    classify,
+    proposals: Sequence[Tensor],
+    targets: Sequence[dict[str, Tensor]] | None,
+    image_size: tuple[int, int],
+    batch_size_per_image: int = 64,
+    positive_fraction: float = 0.25,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+):
+    """The second stage of all three detectors, around their own ``classify(regions)``.
+
+    With ``targets`` (training): sample regions (:func:`sample_proposals`), classify them and
+    return :func:`fast_rcnn_loss`. Without: classify every proposal and return
+    :func:`postprocess_detections`.
+
+    Args:
+        classify: ``regions (B tensors Tensor[R_i, 4]) -> (class_logits Tensor[R, C + 1],
+            box_deltas Tensor[R, 4 * (C + 1)])``: how the detector looks at a region (a CNN on
+            the warped image region for R-CNN, RoI pooling of the feature map then
+            :class:`BoxHead` for Fast and Faster R-CNN).
+        proposals: B tensors ``Tensor[R_i, 4]``.
+        targets: B target dicts in training, None at test time.
+        image_size: ``(height, width)`` of the images.
+        batch_size_per_image: see :func:`sample_proposals`.
+        positive_fraction: see :func:`sample_proposals`.
+        score_thresh: see :func:`postprocess_detections`.
+        nms_thresh: see :func:`postprocess_detections`.
+        detections_per_img: see :func:`postprocess_detections`.
+
+    Returns:
+        the two losses (training), or one detection dict per image.
+    """
+    if targets is not None:
+        regions, labels, deltas = sample_proposals(proposals, targets, batch_size_per_image,
+                                                   positive_fraction)
+        class_logits, box_deltas = classify(regions)  # (R, C+1), (R, 4(C+1))
+        return fast_rcnn_loss(class_logits, box_deltas, torch.cat(labels), torch.cat(deltas))
+    class_logits, box_deltas = classify(proposals)  # (R, C+1), (R, 4(C+1))
+    return postprocess_detections(class_logits, box_deltas, proposals, image_size, score_thresh,
+                                  nms_thresh, detections_per_img)

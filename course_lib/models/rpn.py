@@ -23,8 +23,9 @@ object in this anchor?", ``K x H x W``) and 4 *deltas* that move the anchor onto
 
 Everything follows torchvision's ``RegionProposalNetwork`` for one feature-map level, and the
 tests check that the losses and proposals are equal to torchvision's. The NMS is torchvision's
-compiled kernel: :func:`course_lib.nms.nms` is the readable version, tested equal to it, and
-about 20x slower on a thousand boxes (``benchmarks/bench_ops.py``), too slow to train with.
+compiled kernel: :func:`course_lib.nms.nms` is the readable version, tested equal to it, but
+several times slower (``benchmarks/bench_ops.py``), too slow to run on a thousand boxes per
+image at every training step.
 """
 
 from __future__ import annotations

@@ -216,9 +216,17 @@ def compute_losses(model: torch.nn.Module, batch: tuple) -> dict[str, torch.Tens
     return model(*batch)
 
 
-def train(recipe: Recipe, device: str = "auto", progress: bool = True
-          ) -> tuple[torch.nn.Module, History, float]:
+def train(recipe: Recipe, device: str = "auto", progress: bool = True,
+          model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, History, float]:
     """Train a detector from scratch with ``recipe``.
+
+    Args:
+        recipe: data, budget and optimiser settings.
+        device: where to train.
+        progress: show the progress bars.
+        model: train this model instead of ``build_model(recipe)`` (built after seeding), e.g.
+            torchvision's ``FasterRCNN`` with the same backbone, for a comparison. It must
+            follow the recipe detector's calling convention.
 
     Returns:
         The model (eval mode), its training history and the training time in seconds (the
@@ -228,7 +236,7 @@ def train(recipe: Recipe, device: str = "auto", progress: bool = True
     data = data_for(recipe, "train")
     loader = DataLoader(data, batch_size=recipe.batch_size, shuffle=True, collate_fn=collate,
                         drop_last=True)
-    model = build_model(recipe)
+    model = build_model(recipe) if model is None else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
     steps = recipe.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr,

@@ -35,7 +35,7 @@ from course_lib import viz
 from course_lib.anchors import generate_anchors
 from course_lib.boxes import box_iou
 from course_lib.matching import IGNORED, NEGATIVE, POSITIVE, label_anchors
-from course_lib.widgets.proposal_viewer import _check_image, _default_scene, _gt_boxes
+from course_lib.widgets.proposal_viewer import scene_and_boxes
 
 __all__ = ["AnchorExplorer", "ASPECT_RATIOS", "SIZES", "STRIDES", "anchor_explorer"]
 
@@ -354,12 +354,7 @@ def anchor_explorer(image: torch.Tensor | None = None, target: Mapping | None = 
             map, or thresholds not ``0 <= neg_iou <= pos_iou <= 1``.
         TypeError: if ``image`` is not a tensor.
     """
-    if image is None:
-        if target is not None:
-            raise ValueError("give the image with its target, or neither for a synthetic scene")
-        image, target = _default_scene(index)
-    _check_image(image)
-    gt_boxes = _gt_boxes(target)
+    image, gt_boxes = scene_and_boxes(image, target, index)
     height, width = int(image.shape[1]), int(image.shape[2])
     if not isinstance(stride, int) or isinstance(stride, bool) or stride <= 0:
         raise ValueError(f"stride must be a positive int, got {stride!r}")

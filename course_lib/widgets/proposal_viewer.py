@@ -246,6 +246,21 @@ def _gt_boxes(target: Mapping | None) -> torch.Tensor:
     return as_boxes(target["boxes"], "target['boxes']")
 
 
+def scene_and_boxes(image: torch.Tensor | None, target: Mapping | None,
+                    index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The widgets' scene: the given image and its GT boxes, or synthetic test image ``index``.
+
+    Returns:
+        tuple[Tensor[3, H, W], Tensor[G, 4]]: the image and its GT boxes (G may be 0).
+    """
+    if image is None:
+        if target is not None:
+            raise ValueError("give the image with its target, or neither for a synthetic scene")
+        image, target = _default_scene(index)
+    _check_image(image)
+    return image, _gt_boxes(target)
+
+
 def proposal_viewer(image: torch.Tensor | None = None, target: Mapping | None = None,
                     proposals: torch.Tensor | None = None, top_n: int = 50,
                     iou_threshold: float = 0.5, index: int = 0,
@@ -277,12 +292,7 @@ def proposal_viewer(image: torch.Tensor | None = None, target: Mapping | None = 
             outside [0, 1].
         TypeError: if ``image`` is not a tensor.
     """
-    if image is None:
-        if target is not None:
-            raise ValueError("give the image with its target, or neither for a synthetic scene")
-        image, target = _default_scene(index)
-    _check_image(image)
-    gt_boxes = _gt_boxes(target)
+    image, gt_boxes = scene_and_boxes(image, target, index)
     if not 0 <= iou_threshold <= 1:
         raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold!r}")
     if proposals is None:
