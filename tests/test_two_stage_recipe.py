@@ -1,4 +1,4 @@
-"""The two-stage recipes: training, the checkpoint cache, and checkpoints that reproduce their mAP."""
+"""Two-stage recipes: training, the checkpoint cache, checkpoints reproducing their mAP."""
 
 import math
 

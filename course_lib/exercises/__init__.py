@@ -25,6 +25,8 @@ __all__ = [
 # lesson id (as in the notebook metadata ``course.lesson``) -> module with an ``EXERCISES`` dict
 LESSONS: dict[str, str] = {
     "01": "course_lib.exercises.lesson01",
+    "02": "course_lib.exercises.lesson02",
+    "03": "course_lib.exercises.lesson03",
     "05": "course_lib.exercises.lesson05",
     "06": "course_lib.exercises.lesson06",
 }

@@ -116,7 +116,9 @@ def build_model(recipe: Recipe) -> torch.nn.Module:
     """A freshly initialised detector for ``recipe`` (seed first for repeatable weights)."""
     c, s = recipe.num_classes, recipe.image_size
     if recipe.detector == "faster_rcnn":
-        return FasterRCNN(c, s, backbone=TinyBackbone())
+        # 32 regions per image for the second stage (torchvision: 512): the scenes hold 1-6
+        # objects, and RoI Align's backward pass is most of a CPU training step
+        return FasterRCNN(c, s, backbone=TinyBackbone(), box_batch_size_per_image=32)
     if recipe.detector == "fast_rcnn":
         return FastRCNN(c, s, backbone=TinyBackbone())
     return RCNN(c, s, cnn=TinyBackbone())
