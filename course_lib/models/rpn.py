@@ -24,8 +24,8 @@ object in this anchor?", ``K x H x W``) and 4 *deltas* that move the anchor onto
 Everything follows torchvision's ``RegionProposalNetwork`` for one feature-map level, and the
 tests check that the losses and proposals are equal to torchvision's. The NMS is torchvision's
 compiled kernel: :func:`course_lib.nms.nms` is the readable version, tested equal to it, but
-several times slower (``benchmarks/bench_ops.py``), too slow to run on a thousand boxes per
-image at every training step.
+about 3x slower on an RPN's proposals (``benchmarks/bench_ops.py``), which would add about a
+fifth to every training step of the lessons' Faster R-CNN on a CPU.
 """
 
 from __future__ import annotations
