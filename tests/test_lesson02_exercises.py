@@ -2,8 +2,8 @@
 roi_align), loop versions written independently pass every case, and the tables catch the
 classic mistakes (each mutant below must fail a visible case).
 
-Lesson 02 is not registered in ``course_lib.exercises.LESSONS`` until its notebook exists, so
-the table is imported from its module.
+The generic properties of every registered table are in tests/test_exercise_tables.py; this
+file imports the table from its module directly.
 """
 
 import math

@@ -2,8 +2,8 @@
 Matcher, BoxCoder, nms), versions built from torchvision's pieces pass every case, and the
 tables catch the classic mistakes (each mutant below must fail a visible case).
 
-Lesson 03 is not registered in ``course_lib.exercises.LESSONS`` until its notebook exists, so
-the table is imported from its module.
+The generic properties of every registered table are in tests/test_exercise_tables.py; this
+file imports the table from its module directly.
 """
 
 import math

@@ -165,13 +165,11 @@ def cached_proposals(dataset: SyntheticShapes, workers: int | None = None,
         print(f"Selective search on {len(dataset)} images with {workers} process(es) "
               f"(~{0.2 * len(dataset) / workers:.0f} s, once; cached in {path.name})")
     images = [dataset[i][0] for i in range(len(dataset))]
-    torch_threads = torch.get_num_threads()
     if workers > 1:
         with get_context("spawn").Pool(workers) as pool:
             results = pool.map(_search, images, chunksize=8)
     else:
         results = [_search(image) for image in images]
-    torch.set_num_threads(torch_threads)
     proposals = [boxes for boxes, _ in results]
     seconds = sum(s for _, s in results) / max(len(results), 1)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
