@@ -7,6 +7,7 @@ reverse.
 """
 
 from course_lib.widgets.anchor_explorer import AnchorExplorer, anchor_explorer
+from course_lib.widgets.default_box_explorer import DefaultBoxExplorer, default_box_explorer
 from course_lib.widgets.iou_explorer import IoUExplorer, iou_explorer, iou_quality
 from course_lib.widgets.nms_stepper import NMSStepper, nms_stepper
 from course_lib.widgets.pr_curve_builder import PRCurveBuilder, pr_curve_builder
@@ -19,6 +20,7 @@ from course_lib.widgets.transposed_conv_explorer import (
     TransposedConvExplorer,
     transposed_conv_explorer,
 )
+from course_lib.widgets.yolo_grid_explorer import YOLOGridExplorer, yolo_grid_explorer
 
 __all__ = [
     "IoUExplorer", "NMSStepper", "PRCurveBuilder", "TransposedConvExplorer",
@@ -26,4 +28,5 @@ __all__ = [
     "SlidingWindowExplorer", "sliding_window_explorer",
     "ProposalViewer", "proposal_viewer",
     "AnchorExplorer", "anchor_explorer",
+    "YOLOGridExplorer", "yolo_grid_explorer", "DefaultBoxExplorer", "default_box_explorer",
 ]
