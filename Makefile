@@ -44,20 +44,20 @@ nbval: setup
 	$(BIN)/python -m pytest -p no:cacheprovider --nbval-lax notebooks -o testpaths=
 
 # CI budgets (COURSE_QUICK=1): the detectors the notebooks load are trained on fewer images for
-# fewer minutes (course_lib/recipes/two_stage.py), once, before the tests that use them.
+# fewer minutes (course_lib/recipes/detection.py), once, before the tests that use them.
 test: setup lint
 	$(BIN)/course-build --check
-	COURSE_QUICK=1 $(BIN)/python -m course_lib.recipes.two_stage
+	COURSE_QUICK=1 $(BIN)/python -m course_lib.recipes.detection
 	COURSE_QUICK=1 $(MAKE) --no-print-directory unit nbval
 
 # Optional: pre-build the synthetic data caches (lessons build what they need on first use).
 data: setup
 	$(BIN)/python data_scripts/make_synthetic.py
 
-# Optional: train the detectors of lessons 02-03 once (full budgets, ~25 min on 2 cores);
+# Optional: train the detectors of lessons 02-04 once (full budgets, ~35 min on 2 cores);
 # otherwise each notebook trains what it needs the first time it runs and caches it.
 checkpoints: setup
-	$(BIN)/python -m course_lib.recipes.two_stage
+	$(BIN)/python -m course_lib.recipes.detection
 
 bench: setup
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

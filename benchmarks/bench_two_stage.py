@@ -1,6 +1,6 @@
 """R-CNN, Fast R-CNN and Faster R-CNN side by side, and ours against torchvision's Faster R-CNN.
 
-Prints, for the three detectors of ``course_lib.recipes.two_stage`` (trained from scratch on
+Prints, for the three detectors of ``course_lib.recipes.detection`` (trained from scratch on
 synthetic 128 px scenes with 3 classes, held-out test scenes):
 
 * mAP@0.5 and COCO AP, training time, test time per image (proposals + network);
@@ -31,7 +31,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from course_lib.models.backbone import TinyBackbone
 from course_lib.proposals import proposal_recall
-from course_lib.recipes.two_stage import (
+from course_lib.recipes.detection import (
     DETECTORS,
     cached_proposals,
     evaluate,

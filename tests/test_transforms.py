@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from course_lib.data.targets import instances_to_target
-from course_lib.data.transforms import Resize
+from course_lib.data.targets import instances_to_target, masks_to_boxes
+from course_lib.data.transforms import RandomFlip, Resize
 
 
 def test_resize_keeps_boxes_masks_and_semantic_together():
@@ -24,3 +24,37 @@ def test_resize_bad_input():
         Resize(0)
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
         Resize(8)(torch.rand(8, 8), {})
+
+
+@pytest.mark.parametrize("horizontal, vertical", [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.0, 0.0)])
+def test_random_flip_moves_boxes_with_the_pixels(horizontal, vertical):
+    instance_map = torch.zeros(40, 30, dtype=torch.int64)
+    instance_map[5:12, 3:20] = 1
+    instance_map[20:38, 22:29] = 2
+    image = torch.rand(3, 40, 30)
+    target = instances_to_target(instance_map, [1, 3])
+    out_image, out = RandomFlip(horizontal, vertical)(image, target)
+    expected = image
+    if horizontal:
+        expected = expected.flip(-1)
+    if vertical:
+        expected = expected.flip(-2)
+    assert torch.equal(out_image, expected)
+    # the oracle: the boxes of the flipped masks
+    assert torch.equal(out["boxes"], masks_to_boxes(out["masks"]))
+    assert torch.equal(out["semantic"] > 0, out["masks"].sum(0) > 0)
+    assert torch.equal(target["boxes"], masks_to_boxes(target["masks"]))  # input unchanged
+
+
+def test_random_flip_uses_the_torch_generator_and_checks_input():
+    image, target = torch.rand(3, 8, 8), {"boxes": torch.tensor([[0.0, 0.0, 2.0, 4.0]])}
+    torch.manual_seed(0)
+    first = [RandomFlip()(image, target)[1]["boxes"] for _ in range(20)]
+    torch.manual_seed(0)
+    again = [RandomFlip()(image, target)[1]["boxes"] for _ in range(20)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert len({tuple(b[0].tolist()) for b in first}) == 4  # all four flips happen
+    with pytest.raises(ValueError, match="probability"):
+        RandomFlip(horizontal=1.5)
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        RandomFlip()(torch.rand(8, 8), target)

@@ -9,6 +9,9 @@ Shape shorthand: B images, S image side, F = ``out_channels``, ``stride = 2 ** n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import Tensor, nn
 
 
@@ -19,6 +22,25 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seq
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
+
+
+def stack_images(images: Sequence[Tensor] | Tensor, image_size: int) -> Tensor:
+    """Stack a list of ``Tensor[3, S, S]`` (or check a ``Tensor[B, 3, S, S]``) into a batch.
+
+    Raises:
+        ValueError: if an image is not ``(3, S, S)`` for the model's ``S``.
+    """
+    if isinstance(images, Tensor) and images.dim() == 4:
+        images = list(images)
+    if not isinstance(images, Sequence) or len(images) == 0:
+        raise ValueError("images must be a non-empty list of Tensor[3, S, S] (or a Tensor[B, 3, "
+                         "S, S])")
+    for i, image in enumerate(images):
+        if not isinstance(image, Tensor) or tuple(image.shape) != (3, image_size, image_size):
+            shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"image {i} must have shape (3, {image_size}, {image_size}) for "
+                             f"this model, got {shape}")
+    return torch.stack(list(images))  # B x (3, S, S) -> (B, 3, S, S)
 
 
 class TinyBackbone(nn.Module):

@@ -33,30 +33,12 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
-from course_lib.models.backbone import TinyBackbone
+from course_lib.models.backbone import TinyBackbone, stack_images
 from course_lib.models.roi_heads import BoxHead, second_stage
 from course_lib.models.rpn import RegionProposalNetwork
 
 ROI_OPS = ("align", "pool")
-
-
-def stack_images(images: Sequence[Tensor] | Tensor, image_size: int) -> Tensor:
-    """Stack a list of ``Tensor[3, S, S]`` (or check a ``Tensor[B, 3, S, S]``) into a batch.
-
-    Raises:
-        ValueError: if an image is not ``(3, S, S)`` for the model's ``S``.
-    """
-    if isinstance(images, Tensor) and images.dim() == 4:
-        images = list(images)
-    if not isinstance(images, Sequence) or len(images) == 0:
-        raise ValueError("images must be a non-empty list of Tensor[3, S, S] (or a Tensor[B, 3, "
-                         "S, S])")
-    for i, image in enumerate(images):
-        if not isinstance(image, Tensor) or tuple(image.shape) != (3, image_size, image_size):
-            shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-            raise ValueError(f"image {i} must have shape (3, {image_size}, {image_size}) for "
-                             f"this model, got {shape}")
-    return torch.stack(list(images))  # B x (3, S, S) -> (B, 3, S, S)
+__all__ = ["ROI_OPS", "FasterRCNN", "pool_regions", "stack_images"]
 
 
 def pool_regions(features: Tensor, regions: Sequence[Tensor], op: str, output_size: int,

@@ -51,15 +51,17 @@ Shape shorthand:
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from course_lib.boxes import box_iou, check_boxes
 from course_lib.coder import decode_boxes, encode_boxes
+from course_lib.models.backbone import TinyBackbone, conv_bn_relu, stack_images
 
 SSD_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 """``(wx, wy, ww, wh)`` of SSD's box coder, as in torchvision's ``SSD``."""
@@ -432,6 +434,8 @@ def postprocess_ssd(
     and of those the ``topk_candidates`` best; finally run NMS per class with ``nms_thresh``
     on all candidates (torchvision's compiled ``batched_nms``) and keep the
     ``detections_per_img`` best. Unlike the R-CNN second stage, small boxes are not dropped.
+    (torchvision loops over the classes; one ``topk`` over a ``(C, D)`` score matrix gives the
+    same candidates in the same order, with fewer steps.)
 
     Args:
         class_logits (Tensor[B, D, C + 1]): class scores of every default box.
@@ -461,20 +465,220 @@ def postprocess_ssd(
         boxes = decode_boxes(image_regression, default_boxes, weights)  # (D, 4)
         boxes = torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height),
                              boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)], dim=1)
-        candidate_boxes, candidate_scores, candidate_labels = [], [], []
-        for label in range(1, num_classes):  # class 0 is background
-            score = image_scores[:, label]  # (D,)
-            keep = score > score_thresh
-            score, box = score[keep], boxes[keep]  # (D',), (D', 4)
-            score, best = score.topk(min(topk_candidates, score.shape[0]))  # (k,): best first
-            candidate_boxes.append(box[best])
-            candidate_scores.append(score)
-            candidate_labels.append(torch.full_like(best, label))
-        candidate_boxes = torch.cat(candidate_boxes)  # (N', 4)
-        candidate_scores = torch.cat(candidate_scores)  # (N',)
-        candidate_labels = torch.cat(candidate_labels)  # (N',)
+        # per class 1..C, the topk_candidates best boxes with a score above score_thresh:
+        # all classes at once, in torchvision's order (class after class, best first)
+        class_scores = image_scores[:, 1:].T  # (D, C+1) -> (C, D), class 0 is background
+        k = min(topk_candidates, class_scores.shape[1])
+        best_scores, best = class_scores.masked_fill(class_scores <= score_thresh, -math.inf).topk(
+            k, dim=1)  # (C, k) each: best first, the boxes at or below the threshold last
+        kept = best_scores > score_thresh  # (C, k)
+        candidate_boxes = boxes[best[kept]]  # (N', 4)
+        candidate_scores = best_scores[kept]  # (N',)
+        candidate_labels = torch.arange(1, num_classes, device=boxes.device)[:, None].expand(
+            -1, k)[kept]  # (C, k) -> (N',)
         keep = batched_nms(candidate_boxes, candidate_scores, candidate_labels, nms_thresh)
         keep = keep[:detections_per_img]
         detections.append({"boxes": candidate_boxes[keep], "scores": candidate_scores[keep],
                            "labels": candidate_labels[keep]})
     return detections
+
+
+# ------------------------------------------------------------------------------- the network
+
+
+def halved(size: int, times: int) -> int:
+    """The side of a map after ``times`` convolutions with stride 2, kernel 3, padding 1."""
+    for _ in range(times):
+        size = (size - 1) // 2 + 1  # ceil(size / 2)
+    return size
+
+
+class SSDFeatures(nn.Module):
+    """The L feature maps SSD predicts from: the backbone's, then ``num_extra`` smaller ones.
+
+    Each extra block is a ``3x3 conv (stride 2) + BatchNorm + ReLU``, halving the map: for a
+    128 px image and the stride-8 :class:`~course_lib.models.backbone.TinyBackbone`, the maps
+    are 16x16, 8x8, 4x4, 2x2 and 1x1 (L = 5). It returns an ``OrderedDict`` and has
+    ``out_channels``, so torchvision's ``SSD`` accepts it as its backbone.
+
+    Args:
+        backbone: maps ``(B, 3, S, S)`` to ``(B, F, S/stride, S/stride)``, with ``out_channels``
+            and ``stride`` attributes (default :class:`TinyBackbone`).
+        num_extra: extra blocks after the backbone.
+        extra_channels: channels of the extra maps (default: the backbone's F).
+    """
+
+    def __init__(self, backbone: nn.Module | None = None, num_extra: int = 4,
+                 extra_channels: int | None = None) -> None:
+        super().__init__()
+        if num_extra < 0:
+            raise ValueError(f"num_extra must be >= 0, got {num_extra}")
+        self.backbone = backbone if backbone is not None else TinyBackbone()
+        channels = self.backbone.out_channels
+        extra_channels = extra_channels or channels
+        self.extras = nn.ModuleList(
+            conv_bn_relu(channels if i == 0 else extra_channels, extra_channels, stride=2)
+            for i in range(num_extra))
+        self.channels = [channels] + [extra_channels] * num_extra  # per level
+        self.out_channels = self.channels
+
+    def feature_sizes(self, image_size: int) -> list[tuple[int, int]]:
+        """The ``(H, W)`` of each map for a square image of side ``image_size``."""
+        first = halved(image_size, round(math.log2(self.backbone.stride)))
+        return [(halved(first, k),) * 2 for k in range(len(self.channels))]
+
+    def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        """The feature maps of a batch.
+
+        Args:
+            images (Tensor[B, 3, S, S]): images in [0, 1].
+
+        Returns:
+            OrderedDict ``"0" .. "L-1"`` of Tensor[B, F_k, H_k, W_k], largest map first.
+        """
+        x = self.backbone(images)  # (B, F, S/8, S/8)
+        maps = OrderedDict([("0", x)])
+        for k, block in enumerate(self.extras, start=1):
+            x = block(x)  # (B, F, H, W) -> (B, F', H/2, W/2)
+            maps[str(k)] = x
+        return maps
+
+
+class SSDHead(nn.Module):
+    """One ``3x3`` convolution per level predicts the class scores and the box deltas.
+
+    At every position of level k it predicts, for each of its K_k default boxes, ``C + 1``
+    class scores and 4 box deltas: ``(C + 1) * K_k + 4 * K_k`` output channels. torchvision's
+    ``SSDHead`` uses two convolutions per level, one for the scores and one for the deltas;
+    one convolution with both sets of filters computes the same thing in fewer steps (what
+    matters on a CPU at batch 1). The outputs have torchvision's layout (module docstring).
+
+    Args:
+        in_channels: the channels of each level's map.
+        num_boxes: K_k, default boxes per position of each level.
+        num_classes: C + 1, the object classes and background.
+    """
+
+    def __init__(self, in_channels: Sequence[int], num_boxes: Sequence[int],
+                 num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.predict = nn.ModuleList(
+            nn.Conv2d(c, k * (num_classes + 4), 3, padding=1)
+            for c, k in zip(in_channels, num_boxes, strict=True))
+        for conv in self.predict:  # torchvision's initialisation
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """The outputs of all levels, concatenated.
+
+        Args:
+            features: L maps ``Tensor[B, F_k, H_k, W_k]``.
+
+        Returns:
+            tuple: ``class_logits`` Tensor[B, D, C + 1] and ``box_regression`` Tensor[B, D, 4].
+        """
+        outputs = []
+        for conv, x in zip(self.predict, features, strict=True):
+            out = conv(x)  # (B, K * (C+1+4), H, W)
+            batch, _, height, width = out.shape
+            out = out.view(batch, -1, self.num_classes + 4, height, width)  # (B, K, C+5, H, W)
+            outputs.append(out.permute(0, 3, 4, 1, 2).reshape(batch, -1, self.num_classes + 4))
+        outputs = torch.cat(outputs, dim=1)  # L x (B, H*W*K, C+5) -> (B, D, C+5)
+        return outputs[..., : self.num_classes], outputs[..., self.num_classes :]
+
+
+class SSD(nn.Module):
+    """A small SSD for square images of one size, trained from scratch.
+
+    The lecture's two key ideas: several feature maps handle different scales (small default
+    boxes on the large early maps), and different filters of the head predict boxes of
+    different shapes (one set of output channels per default box).
+
+    The calling convention is torchvision's: in training mode ``model(images, targets)``
+    returns the losses ``bbox_regression`` and ``classification`` (:func:`multibox_loss`), in
+    eval mode ``model(images)`` returns one dict of ``boxes``, ``scores`` and ``labels`` per
+    image (:func:`postprocess_ssd`). No resizing and no normalisation (BatchNorm handles it).
+
+    Args:
+        num_classes: C, object classes (labels 1..C; the head adds the background).
+        image_size: S, the side of the square input images.
+        backbone: see :class:`SSDFeatures` (default :class:`TinyBackbone`).
+        num_extra: extra feature maps after the backbone's (L = 1 + num_extra).
+        aspect_ratios: per level, the ratios besides 1 (default ``(2,)``: K = 4 everywhere).
+        min_ratio, max_ratio: the scales of the first and last level (fractions of S).
+        neg_pos_ratio, iou_threshold: training, see :func:`multibox_loss`.
+        score_thresh, nms_thresh, topk_candidates, detections_per_img: inference, see
+            :func:`postprocess_ssd`.
+
+    Attributes:
+        feature_sizes: the L ``(H, W)``; ``scales``: the L + 1 scales; ``aspect_ratios``;
+        ``num_boxes``: K per level; ``anchors``: the default boxes Tensor[D, 4] (a buffer).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 128,
+        backbone: nn.Module | None = None,
+        num_extra: int = 4,
+        aspect_ratios: Sequence[Sequence[float]] | None = None,
+        min_ratio: float = 0.1,
+        max_ratio: float = 0.9,
+        neg_pos_ratio: float = 3,
+        iou_threshold: float = 0.5,
+        score_thresh: float = 0.01,
+        nms_thresh: float = 0.45,
+        topk_candidates: int = 100,
+        detections_per_img: int = 100,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes, self.image_size = num_classes, image_size
+        self.features = SSDFeatures(backbone, num_extra)
+        self.feature_sizes = self.features.feature_sizes(image_size)
+        levels = len(self.feature_sizes)
+        if aspect_ratios is None:
+            aspect_ratios = [(2.0,)] * levels
+        self.aspect_ratios = _check_levels(aspect_ratios, levels, "aspect_ratios",
+                                           "1 + num_extra")
+        self.scales = ssd_scales(levels, min_ratio, max_ratio)
+        self.num_boxes = [2 + 2 * len(ratios) for ratios in self.aspect_ratios]
+        self.head = SSDHead(self.features.channels, self.num_boxes, num_classes + 1)
+        self.register_buffer("anchors", default_boxes(
+            self.feature_sizes, (image_size, image_size), self.scales, self.aspect_ratios),
+            persistent=False)
+        self.neg_pos_ratio, self.iou_threshold = neg_pos_ratio, iou_threshold
+        self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
+        self.topk_candidates, self.detections_per_img = topk_candidates, detections_per_img
+
+    def outputs(self, images: Sequence[Tensor] | Tensor) -> tuple[Tensor, Tensor]:
+        """The raw outputs: ``class_logits`` Tensor[B, D, C + 1], ``box_regression`` [B, D, 4]."""
+        maps = self.features(stack_images(images, self.image_size))
+        return self.head(list(maps.values()))
+
+    def forward(self, images: Sequence[Tensor] | Tensor,
+                targets: Sequence[dict[str, Tensor]] | None = None):
+        """Losses (training mode) or detections (eval mode), as torchvision's ``SSD``.
+
+        Args:
+            images: B images ``Tensor[3, S, S]`` in [0, 1] (a list, or a ``Tensor[B, 3, S, S]``).
+            targets: B dicts with ``"boxes"`` (Tensor[G, 4], xyxy pixels) and ``"labels"``
+                (Tensor[G], 1..C); needed in training mode.
+
+        Returns:
+            training: ``{"bbox_regression": Tensor, "classification": Tensor}`` (scalars).
+            eval: a list of B dicts with ``"boxes"`` (Tensor[N, 4]), ``"scores"`` (Tensor[N])
+            and ``"labels"`` (Tensor[N] int64).
+        """
+        if self.training and targets is None:
+            raise ValueError("targets are needed in training mode: model(images, targets)")
+        class_logits, box_regression = self.outputs(images)  # (B, D, C+1), (B, D, 4)
+        if self.training:
+            return multibox_loss(class_logits, box_regression, self.anchors, targets,
+                                 self.neg_pos_ratio, self.iou_threshold)
+        return postprocess_ssd(class_logits, box_regression, self.anchors,
+                               (self.image_size, self.image_size), self.score_thresh,
+                               self.nms_thresh, self.topk_candidates, self.detections_per_img)

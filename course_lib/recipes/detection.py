@@ -1,24 +1,29 @@
-"""Train, time and evaluate the two-stage family (R-CNN, Fast R-CNN, Faster R-CNN), with a cache.
+"""Train, time and evaluate every detector of the course, with a checkpoint cache.
 
 One recipe per detector, on the same synthetic scenes (128 px, 3 classes by default):
 
 =============== ========================================= ==========================================
-detector        proposals                                 regions are classified from
+detector        proposals                                 boxes are classified from
 =============== ========================================= ==========================================
 ``rcnn``        selective search (computed once, cached)  a CNN on each warped region of the image
 ``fast_rcnn``   selective search (computed once, cached)  RoI Align on one shared feature map
 ``faster_rcnn`` its own RPN                               RoI Align on one shared feature map
+``ssd``         none: default boxes on 5 feature maps     one convolution per feature map
+``yolo``        none: an S x S grid, B boxes per cell     one convolution on the grid
 =============== ========================================= ==========================================
 
-Lessons 02 and 03 load trained detectors with :func:`load_or_train`: the first call trains
+Every detector uses the same :class:`~course_lib.models.backbone.TinyBackbone`, so their
+differences in accuracy and speed come from how they find and classify boxes.
+
+Lessons 02-04 load trained detectors with :func:`load_or_train`: the first call trains
 (minutes, printed up front) and stores a checkpoint under ``data/checkpoints/``; later calls
-load it in a second. ``make checkpoints`` builds all three. The checkpoint also stores the
+load it in a second. ``make checkpoints`` builds all five. The checkpoint also stores the
 history, the measured training time and the test metrics, so that a notebook can show them
 without retraining, and a test can check that the weights reproduce the stored mAP.
 
 Budgets: ``quick=True`` (or the environment variable ``COURSE_QUICK=1``, which ``make test``
 sets) trains on fewer images for fewer minutes: what CI can afford. The full budgets are what
-the lessons and ``benchmarks/bench_two_stage.py`` report.
+the lessons, ``benchmarks/bench_two_stage.py`` and ``benchmarks/bench_single_stage.py`` report.
 
 R-CNN and Fast R-CNN train for the same number of epochs on the same images and proposals, so
 their training times compare like the lecture's (84 h vs 8.75 h there).
@@ -41,16 +46,23 @@ from torch.utils.data import DataLoader, Dataset
 
 from course_lib.data import data_dir
 from course_lib.data.synthetic import SyntheticShapes
+from course_lib.data.transforms import RandomFlip
 from course_lib.device import get_device
 from course_lib.metrics import coco_evaluate
 from course_lib.models.backbone import TinyBackbone
 from course_lib.models.fast_rcnn import FastRCNN
 from course_lib.models.faster_rcnn import FasterRCNN
 from course_lib.models.rcnn import RCNN
+from course_lib.models.ssd import SSD
+from course_lib.models.yolo import YOLO
 from course_lib.proposals import selective_search
 from course_lib.train import History, fit, seed_everything, to_device
 
-DETECTORS = ("rcnn", "fast_rcnn", "faster_rcnn")
+TWO_STAGE = ("rcnn", "fast_rcnn", "faster_rcnn")
+SINGLE_STAGE = ("ssd", "yolo")
+DETECTORS = TWO_STAGE + SINGLE_STAGE
+SEARCH_PROPOSALS = ("rcnn", "fast_rcnn")
+"""The detectors that take selective-search proposals (cached per split)."""
 CACHE_VERSION = 1
 """Bump when a change to the models or recipes makes old checkpoints wrong."""
 
@@ -88,6 +100,8 @@ FULL = {
     "faster_rcnn": Recipe("faster_rcnn", num_train=3000, epochs=5, max_minutes=5.0),
     "fast_rcnn": Recipe("fast_rcnn", num_train=1000, epochs=6, max_minutes=6.0),
     "rcnn": Recipe("rcnn", num_train=1000, epochs=6, max_minutes=12.0),
+    "ssd": Recipe("ssd", num_train=3000, epochs=8, max_minutes=5.0),
+    "yolo": Recipe("yolo", num_train=3000, epochs=13, max_minutes=5.0),
 }
 """The budgets the lessons and the benchmark report (2 CPU cores)."""
 
@@ -96,6 +110,8 @@ QUICK = {
                           max_minutes=1.5),
     "fast_rcnn": Recipe("fast_rcnn", num_train=200, num_test=50, epochs=3, max_minutes=1.0),
     "rcnn": Recipe("rcnn", num_train=200, num_test=50, epochs=3, max_minutes=1.5),
+    "ssd": Recipe("ssd", num_train=1000, num_test=100, epochs=2, max_minutes=1.0),
+    "yolo": Recipe("yolo", num_train=1000, num_test=100, epochs=3, max_minutes=1.0),
 }
 """Shortened budgets for CI (``COURSE_QUICK=1``): the same code, fewer images and minutes."""
 
@@ -121,14 +137,24 @@ def build_model(recipe: Recipe) -> torch.nn.Module:
         return FasterRCNN(c, s, backbone=TinyBackbone(), box_batch_size_per_image=32)
     if recipe.detector == "fast_rcnn":
         return FastRCNN(c, s, backbone=TinyBackbone())
+    if recipe.detector == "ssd":
+        return SSD(c, s, backbone=TinyBackbone())
+    if recipe.detector == "yolo":
+        return YOLO(c, s, S=8, B=2, backbone=TinyBackbone())
     return RCNN(c, s, cnn=TinyBackbone())
 
 
 def scenes(recipe: Recipe, split: str) -> SyntheticShapes:
-    """The recipe's training (``"train"``) or held-out (``"test"``) scenes."""
+    """The recipe's training (``"train"``) or held-out (``"test"``) scenes.
+
+    SSD and YOLO train on randomly flipped scenes (:class:`~course_lib.data.transforms.
+    RandomFlip`), as their papers train with data augmentation: with one positive box per
+    object (YOLO) they overfit 3,000 scenes otherwise.
+    """
     num = recipe.num_train if split == "train" else recipe.num_test
+    flip = RandomFlip() if split == "train" and recipe.detector in SINGLE_STAGE else None
     return SyntheticShapes(split, num, kind="detection", image_size=recipe.image_size,
-                           num_classes=recipe.num_classes, progress=False)
+                           num_classes=recipe.num_classes, progress=False, transforms=flip)
 
 
 # ============================================================================ proposals
@@ -203,7 +229,7 @@ def collate(batch: list) -> tuple:
 def data_for(recipe: Recipe, split: str) -> Dataset:
     """The scenes of a split, with their cached proposals for R-CNN and Fast R-CNN."""
     dataset = scenes(recipe, split)
-    if recipe.detector == "faster_rcnn":
+    if recipe.detector not in SEARCH_PROPOSALS:
         return dataset
     return WithProposals(dataset, cached_proposals(dataset)[0])
 
@@ -259,8 +285,8 @@ def evaluate(model: torch.nn.Module, recipe: Recipe, device: str = "auto",
     Returns:
         dict: the 12 numbers of :func:`~course_lib.metrics.coco_evaluate` (``AP50`` is the
         mAP at IoU 0.5) plus ``network_seconds`` (per image, batch of 1, after the
-        proposals), ``proposal_seconds`` (per image; 0 for Faster R-CNN, whose proposals are
-        part of the network) and ``test_seconds`` (their sum).
+        proposals), ``proposal_seconds`` (per image; 0 for the detectors without selective
+        search) and ``test_seconds`` (their sum).
     """
     dev = get_device(device)
     model = model.to(dev).eval()
@@ -279,7 +305,7 @@ def evaluate(model: torch.nn.Module, recipe: Recipe, device: str = "auto",
         targets.append(item[1])
     metrics = coco_evaluate(targets, predictions)
     proposal_seconds = 0.0
-    if recipe.detector != "faster_rcnn":
+    if recipe.detector in SEARCH_PROPOSALS:
         proposal_seconds = cached_proposals(data.dataset)[1]
     metrics.update(network_seconds=seconds / count, proposal_seconds=proposal_seconds,
                    test_seconds=seconds / count + proposal_seconds)
@@ -348,9 +374,9 @@ def with_recipe(recipe: Recipe, **changes) -> Recipe:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m course_lib.recipes.two_stage [--quick] [detector ...]``: fill the cache."""
-    parser = argparse.ArgumentParser(description="Train the two-stage detectors once and cache "
-                                                 "them (data/checkpoints/).")
+    """``python -m course_lib.recipes.detection [--quick] [detector ...]``: fill the cache."""
+    parser = argparse.ArgumentParser(description="Train the detectors once and cache them "
+                                                 "(data/checkpoints/).")
     parser.add_argument("detectors", nargs="*", metavar="detector",
                         help=f"some of {', '.join(DETECTORS)} (default: all)")
     parser.add_argument("--quick", action="store_true", default=None,

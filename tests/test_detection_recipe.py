@@ -1,12 +1,12 @@
-"""Two-stage recipes: training, the checkpoint cache, checkpoints reproducing their mAP."""
+"""Detector recipes: training, the checkpoint cache, checkpoints reproducing their mAP."""
 
 import math
 
 import pytest
 import torch
 
-from course_lib.recipes import two_stage
-from course_lib.recipes.two_stage import (
+from course_lib.recipes import detection
+from course_lib.recipes.detection import (
     DETECTORS,
     WithProposals,
     cached_proposals,
@@ -18,7 +18,7 @@ from course_lib.recipes.two_stage import (
     with_recipe,
 )
 
-TINY = {name: with_recipe(two_stage.QUICK[name], num_train=8, num_test=4, epochs=1,
+TINY = {name: with_recipe(detection.QUICK[name], num_train=8, num_test=4, epochs=1,
                           max_minutes=0.5, batch_size=4) for name in DETECTORS}
 
 
@@ -26,7 +26,7 @@ TINY = {name: with_recipe(two_stage.QUICK[name], num_train=8, num_test=4, epochs
 def tiny(monkeypatch, tmp_path):
     """Tiny quick recipes and an empty data folder."""
     monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(two_stage, "QUICK", TINY)
+    monkeypatch.setattr(detection, "QUICK", TINY)
     return tmp_path
 
 
@@ -76,15 +76,15 @@ def test_cached_proposals_are_computed_once(tiny):
 
 def test_recipes_and_quick_mode(monkeypatch):
     with pytest.raises(ValueError, match="detector must be one of"):
-        recipe_for("yolo")
+        recipe_for("yolo_v9")
     monkeypatch.setenv("COURSE_QUICK", "1")
-    assert recipe_for("faster_rcnn") == two_stage.QUICK["faster_rcnn"]
+    assert recipe_for("faster_rcnn") == detection.QUICK["faster_rcnn"]
     monkeypatch.setenv("COURSE_QUICK", "0")
-    assert recipe_for("faster_rcnn") == two_stage.FULL["faster_rcnn"]
+    assert recipe_for("faster_rcnn") == detection.FULL["faster_rcnn"]
     # the targets the benchmark checks: Faster R-CNN within 5 minutes of training
-    assert two_stage.FULL["faster_rcnn"].max_minutes <= 5
+    assert detection.FULL["faster_rcnn"].max_minutes <= 5
     # R-CNN and Fast R-CNN train on the same images for the same epochs (a fair time comparison)
-    rcnn, fast = two_stage.FULL["rcnn"], two_stage.FULL["fast_rcnn"]
+    rcnn, fast = detection.FULL["rcnn"], detection.FULL["fast_rcnn"]
     assert (rcnn.num_train, rcnn.epochs) == (fast.num_train, fast.epochs)
     assert checkpoint_path(rcnn) != checkpoint_path(fast)
 

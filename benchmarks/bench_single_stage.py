@@ -1,0 +1,205 @@
+"""SSD and YOLO against the two-stage family: accuracy, training time and speed; vs torchvision.
+
+Prints, for the detectors of ``course_lib.recipes.detection`` (trained from scratch on synthetic
+128 px scenes with 3 classes, 200 held-out test scenes):
+
+* targets: SSD and YOLO each mAP@0.5 >= 0.85 within 5 minutes of training on 2 CPU cores, and
+  inference at least 3x faster per image than our Faster R-CNN, timed in this run, one image
+  at a time (latency) and in batches of 16 (throughput);
+* the lecture's "understanding paper results" table, measured here for all five detectors:
+  mAP@0.5, COCO AP, AP50, AP75, APs/APm/APl, parameters, GFLOPs per image
+  (``torch.utils.flop_counter``), latency and images/s (``--table``);
+* with ``--torchvision``: torchvision's ``SSD`` built with the same backbone and extra maps,
+  the same default boxes and head settings, trained on the same data with the same optimiser
+  and budget; ours must not be worse by more than 0.03 mAP@0.5.
+
+The detectors come from the checkpoint cache (``make checkpoints``) unless ``--retrain``;
+training times are those measured when they were trained (on an otherwise idle machine).
+
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_single_stage.py [--table] [--torchvision]
+[--retrain] [--quick] [--threads 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD as TorchvisionSSD
+
+from course_lib.cost import detector_cost, images_per_second
+from course_lib.models.backbone import TinyBackbone
+from course_lib.models.ssd import SSDFeatures
+from course_lib.recipes.detection import (
+    DETECTORS,
+    SEARCH_PROPOSALS,
+    SINGLE_STAGE,
+    cached_proposals,
+    evaluate,
+    load_or_train,
+    recipe_for,
+    scenes,
+    train,
+)
+from course_lib.train import seed_everything
+
+MAP_TARGET, MINUTES_TARGET, SPEEDUP_TARGET, TORCHVISION_MARGIN = 0.85, 5.0, 3.0, 0.03
+BATCH = 16  # images per call for the throughput
+NAMES = {"rcnn": "R-CNN", "fast_rcnn": "Fast R-CNN", "faster_rcnn": "Faster R-CNN",
+         "ssd": "SSD", "yolo": "YOLO"}
+
+
+def torchvision_ssd(ours) -> TorchvisionSSD:
+    """The torchvision ``SSD`` with every setting of our ``SSD`` ``ours`` (its own head)."""
+    return TorchvisionSSD(
+        SSDFeatures(TinyBackbone(), num_extra=len(ours.feature_sizes) - 1),
+        DefaultBoxGenerator([list(r) for r in ours.aspect_ratios], scales=ours.scales),
+        (ours.image_size, ours.image_size), ours.num_classes + 1,
+        image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],  # no normalisation
+        score_thresh=ours.score_thresh, nms_thresh=ours.nms_thresh,
+        detections_per_img=ours.detections_per_img, iou_thresh=ours.iou_threshold,
+        topk_candidates=ours.topk_candidates, positive_fraction=1 / (1 + ours.neg_pos_ratio),
+    )
+
+
+def throughput(model, detector: str, recipe) -> float:
+    """Images per second on 64 held-out scenes, in batches of ``BATCH`` (proposals cached)."""
+    dataset = scenes(recipe, "test")
+    images = [dataset[i][0] for i in range(min(64, len(dataset)))]
+    if detector in SEARCH_PROPOSALS:
+        proposals = cached_proposals(dataset)[0][: len(images)]
+        return images_per_second(model, images, None, proposals, batch_size=BATCH, repeats=3)
+    return images_per_second(model, images, batch_size=BATCH, repeats=3)
+
+
+def latencies(models: dict, quick: bool, rounds: int = 3) -> dict[str, float]:
+    """Median ms per image of each detector, one image at a time, over the held-out scenes.
+
+    The detectors take turns, each timing all the scenes one after the other (after ten untimed
+    images, so that its memory and caches are warm, as when a detector runs on a stream of
+    images), and this ``rounds`` times: a busy moment of the machine then touches every
+    detector's sample. R-CNN and Fast R-CNN get their cached proposals: this times their
+    network only.
+    """
+    calls = {}
+    for detector, model in models.items():
+        dataset = scenes(recipe_for(detector, quick), "test")
+        images = [dataset[i][0] for i in range(len(dataset))]
+        proposals = cached_proposals(dataset)[0] if detector in SEARCH_PROPOSALS else None
+        calls[detector] = (model.eval(), images, proposals)
+
+    def call(detector: str, i: int):
+        model, images, proposals = calls[detector]
+        if proposals is None:
+            return model([images[i]])
+        return model([images[i]], None, [proposals[i]])
+
+    times = {detector: [] for detector in calls}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for detector, (_, images, _) in calls.items():
+                for i in range(10):
+                    call(detector, i)
+                for i in range(len(images)):
+                    start = time.perf_counter()
+                    call(detector, i)
+                    times[detector].append(time.perf_counter() - start)
+    return {detector: 1000 * statistics.median(t) for detector, t in times.items()}
+
+
+def cost_table(rows: dict, recipe) -> None:
+    """The "understanding paper results" table of every detector in ``rows``."""
+    dataset = scenes(recipe, "test")
+    images = [dataset[i][0] for i in range(16)]
+    print(f"\n{'detector':13s} {'mAP@.5':>7s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s} {'APs':>6s} "
+          f"{'APm':>6s} {'APl':>6s} {'params':>7s} {'GFLOPs':>7s} {'ms/img':>8s} {'img/s':>7s}")
+    for detector, (model, info, latency_ms, ips) in rows.items():
+        m = info["metrics"]
+        extra = (None, cached_proposals(dataset)[0][:16]) if detector in SEARCH_PROPOSALS else ()
+        cost = detector_cost(model, images, extra=extra, warmup=1, repeats=3)
+        search_ms = 1000 * m["proposal_seconds"]
+        print(f"{NAMES[detector]:13s} {m['AP50']:7.3f} {m['AP']:6.3f} {m['AP50']:6.3f} "
+              f"{m['AP75']:6.3f} {m['APs']:6.3f} {m['APm']:6.3f} {m['APl']:6.3f} "
+              f"{cost.params_m:6.2f}M {cost.gflops_per_image:7.3f} {latency_ms + search_ms:8.1f} "
+              f"{1000 / (1000 / ips + search_ms):7.1f}")
+    print("ms/img: one image at a time, median over the held-out scenes; img/s: batches of "
+          f"{BATCH}. R-CNN and Fast R-CNN include selective search (cached; its time measured "
+          "when computed). GFLOPs count convolutions and matrix products (torch.utils."
+          "flop_counter), not selective search.")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", action="store_true",
+                        help="also the five-detector table (R-CNN and Fast R-CNN included)")
+    parser.add_argument("--torchvision", action="store_true",
+                        help="also train torchvision's SSD on the same budget (~5 min)")
+    parser.add_argument("--retrain", action="store_true", help="ignore the checkpoint cache")
+    parser.add_argument("--quick", action="store_true", help="the CI budgets")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (2 = the target)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    chosen = DETECTORS if args.table else ("faster_rcnn", *SINGLE_STAGE)
+    loaded = {detector: load_or_train(detector, quick=args.quick, device="cpu", progress=False,
+                                      retrain=args.retrain and detector in SINGLE_STAGE)
+              for detector in chosen}
+    latency = latencies({detector: model for detector, (model, _) in loaded.items()}, args.quick)
+    rows = {detector: (model, info, latency[detector],
+                       throughput(model, detector, recipe_for(detector, args.quick)))
+            for detector, (model, info) in loaded.items()}
+
+    recipe = recipe_for("ssd", args.quick)
+    print(f"\nSingle-stage detectors, {recipe.image_size} px synthetic scenes, "
+          f"{recipe.num_classes} classes, {recipe.num_test} held-out scenes; {args.threads} torch "
+          f"threads (CPU)")
+    print(f"{'detector':13s} {'train imgs':>10s} {'epochs':>6s} {'train':>7s} {'mAP@0.5':>8s} "
+          f"{'AP':>6s} {'ms/img':>7s} {'img/s':>7s}")
+    for detector in ("faster_rcnn", *SINGLE_STAGE):
+        _model, info, latency_ms, ips = rows[detector]
+        m, r = info["metrics"], info["recipe"]
+        print(f"{NAMES[detector]:13s} {r['num_train']:10d} {info['history'].epochs_done:6d} "
+              f"{info['train_seconds']:6.0f}s {m['AP50']:8.3f} {m['AP']:6.3f} {latency_ms:7.2f} "
+              f"{ips:7.0f}")
+
+    faster_ms, faster_ips = rows["faster_rcnn"][2:]
+    for detector in SINGLE_STAGE:
+        _model, info, latency_ms, ips = rows[detector]
+        accurate = info["metrics"]["AP50"] >= MAP_TARGET
+        in_time = info["train_seconds"] <= 60 * MINUTES_TARGET + 5
+        speedup, batch_speedup = faster_ms / latency_ms, ips / faster_ips
+        fast = min(speedup, batch_speedup) >= SPEEDUP_TARGET
+        print(f"{NAMES[detector]}: mAP@0.5 {info['metrics']['AP50']:.3f} after "
+              f"{info['train_seconds'] / 60:.1f} min (target >= {MAP_TARGET} within "
+              f"{MINUTES_TARGET:g} min): {'PASS' if accurate and in_time else 'FAIL'}; "
+              f"{speedup:.1f}x faster than Faster R-CNN one image at a time, {batch_speedup:.1f}x "
+              f"in batches of {BATCH} (target >= {SPEEDUP_TARGET:g}x): "
+              f"{'PASS' if fast else 'FAIL'}")
+
+    if args.table:
+        cost_table(rows, recipe)
+
+    if args.torchvision:
+        ours_model, info = rows["ssd"][:2]
+        seed_everything(recipe.seed)
+        tv_model = torchvision_ssd(ours_model)
+        start = time.perf_counter()
+        tv_model, _history, seconds = train(recipe, device="cpu", progress=False, model=tv_model)
+        tv_metrics = evaluate(tv_model, recipe, device="cpu")
+        ours = info["metrics"]["AP50"]
+        print(f"\n{'SSD':16s} {'train':>7s} {'mAP@0.5':>8s} {'AP':>6s} {'ms/img':>7s}")
+        print(f"{'course_lib':16s} {info['train_seconds']:6.0f}s {ours:8.3f} "
+              f"{info['metrics']['AP']:6.3f} {rows['ssd'][2]:7.2f}")
+        print(f"{'torchvision':16s} {seconds:6.0f}s {tv_metrics['AP50']:8.3f} "
+              f"{tv_metrics['AP']:6.3f} {1000 * tv_metrics['network_seconds']:7.2f}")
+        gap = tv_metrics["AP50"] - ours
+        print(f"ours - torchvision = {-gap:+.3f} mAP@0.5 (ours may be worse by at most "
+              f"{TORCHVISION_MARGIN}): {'PASS' if gap <= TORCHVISION_MARGIN else 'FAIL'} "
+              f"({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
