@@ -27,6 +27,7 @@ LESSONS: dict[str, str] = {
     "01": "course_lib.exercises.lesson01",
     "02": "course_lib.exercises.lesson02",
     "03": "course_lib.exercises.lesson03",
+    "04": "course_lib.exercises.lesson04",
     "05": "course_lib.exercises.lesson05",
     "06": "course_lib.exercises.lesson06",
 }
