@@ -74,8 +74,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         sent = body if fake.cut_after is None else body[:fake.cut_after]
-        self.wfile.write(sent)
+        # counted before writing: once the client has the bytes, the count is in (counting
+        # after the write let this thread add to the next test's count on a busy machine)
         fake.sent += len(sent)
+        self.wfile.write(sent)
         if fake.cut_after is not None:
             self.close_connection = True
 
