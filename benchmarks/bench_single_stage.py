@@ -27,6 +27,7 @@ import statistics
 import time
 
 import torch
+from bench_two_stage import compare_with_torchvision  # this folder is on sys.path
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD as TorchvisionSSD
 
@@ -38,13 +39,10 @@ from course_lib.recipes.detection import (
     SEARCH_PROPOSALS,
     SINGLE_STAGE,
     cached_proposals,
-    evaluate,
     load_or_train,
     recipe_for,
     scenes,
-    train,
 )
-from course_lib.train import seed_everything
 
 MAP_TARGET, MINUTES_TARGET, SPEEDUP_TARGET, TORCHVISION_MARGIN = 0.85, 5.0, 3.0, 0.03
 BATCH = 16  # images per call for the throughput
@@ -184,22 +182,8 @@ def main():
 
     if args.torchvision:
         ours_model, info = rows["ssd"][:2]
-        seed_everything(recipe.seed)
-        tv_model = torchvision_ssd(ours_model)
-        start = time.perf_counter()
-        tv_model, _history, seconds = train(recipe, device="cpu", progress=False, model=tv_model)
-        tv_metrics = evaluate(tv_model, recipe, device="cpu")
-        ours = info["metrics"]["AP50"]
-        print(f"\n{'SSD':16s} {'train':>7s} {'mAP@0.5':>8s} {'AP':>6s} {'ms/img':>7s}")
-        print(f"{'course_lib':16s} {info['train_seconds']:6.0f}s {ours:8.3f} "
-              f"{info['metrics']['AP']:6.3f} {rows['ssd'][2]:7.2f}")
-        print(f"{'torchvision':16s} {seconds:6.0f}s {tv_metrics['AP50']:8.3f} "
-              f"{tv_metrics['AP']:6.3f} {1000 * tv_metrics['network_seconds']:7.2f}")
-        gap = tv_metrics["AP50"] - ours
-        print(f"ours - torchvision = {-gap:+.3f} mAP@0.5 (ours may be worse by at most "
-              f"{TORCHVISION_MARGIN}): {'PASS' if gap <= TORCHVISION_MARGIN else 'FAIL'} "
-              f"({time.perf_counter() - start:.0f} s)")
-
+        compare_with_torchvision("SSD", lambda: torchvision_ssd(ours_model), recipe, info,
+                                 TORCHVISION_MARGIN)
 
 if __name__ == "__main__":
     main()

@@ -67,6 +67,32 @@ def torchvision_faster_rcnn(ours) -> TorchvisionFasterRCNN:
     )
 
 
+def compare_with_torchvision(name: str, build, recipe, info: dict,
+                             margin: float = TORCHVISION_MARGIN) -> None:
+    """Train torchvision's version of a detector like ours and print the two side by side.
+
+    Args:
+        name: the detector's name, for the table.
+        build: makes torchvision's model (called after seeding, so its weights are repeatable).
+        recipe: our detector's recipe: the same data, optimiser and budget.
+        info: our detector's ``load_or_train`` info (its stored metrics and training time).
+        margin: how much worse (mAP@0.5) ours may be.
+    """
+    seed_everything(recipe.seed)
+    start = time.perf_counter()
+    model, _history, seconds = train(recipe, device="cpu", progress=False, model=build())
+    theirs = evaluate(model, recipe, device="cpu")
+    ours = info["metrics"]
+    print(f"\n{name:16s} {'train':>7s} {'mAP@0.5':>8s} {'AP':>6s} {'test/img':>9s}")
+    for label, train_seconds, m in (("course_lib", info["train_seconds"], ours),
+                                    ("torchvision", seconds, theirs)):
+        print(f"{label:16s} {train_seconds:6.0f}s {m['AP50']:8.3f} {m['AP']:6.3f} "
+              f"{1000 * m['test_seconds']:7.1f}ms")
+    gap = theirs["AP50"] - ours["AP50"]
+    print(f"ours - torchvision = {-gap:+.3f} mAP@0.5 (ours may be worse by at most {margin}): "
+          f"{'PASS' if gap <= margin else 'FAIL'} ({time.perf_counter() - start:.0f} s)")
+
+
 def rpn_recall(model, recipe, budget: int = 100) -> tuple[float, float, float, int]:
     """Pooled recall at IoU 0.5: the RPN's proposals, selective search's first ``budget``, all.
 
@@ -127,22 +153,8 @@ def main():
           f"{ss:.3f} within its first 100, {ss_all:.3f} within all")
 
     if args.torchvision:
-        seed_everything(recipe.seed)
-        tv_model = torchvision_faster_rcnn(faster)
-        start = time.perf_counter()
-        tv_model, _history, seconds = train(recipe, device="cpu", progress=False, model=tv_model)
-        tv_metrics = evaluate(tv_model, recipe, device="cpu")
-        ours = info["metrics"]["AP50"]
-        print(f"\n{'Faster R-CNN':16s} {'train':>7s} {'mAP@0.5':>8s} {'AP':>6s} {'test/img':>9s}")
-        print(f"{'course_lib':16s} {info['train_seconds']:6.0f}s {ours:8.3f} "
-              f"{info['metrics']['AP']:6.3f} {1000 * info['metrics']['test_seconds']:7.0f}ms")
-        print(f"{'torchvision':16s} {seconds:6.0f}s {tv_metrics['AP50']:8.3f} "
-              f"{tv_metrics['AP']:6.3f} {1000 * tv_metrics['test_seconds']:7.0f}ms")
-        gap = tv_metrics["AP50"] - ours
-        print(f"ours - torchvision = {-gap:+.3f} mAP@0.5 (ours may be worse by at most "
-              f"{TORCHVISION_MARGIN}): {'PASS' if gap <= TORCHVISION_MARGIN else 'FAIL'} "
-              f"({time.perf_counter() - start:.0f} s)")
-
+        compare_with_torchvision("Faster R-CNN", lambda: torchvision_faster_rcnn(faster), recipe,
+                                 info)
 
 if __name__ == "__main__":
     main()
