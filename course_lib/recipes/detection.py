@@ -101,7 +101,7 @@ FULL = {
     "fast_rcnn": Recipe("fast_rcnn", num_train=1000, epochs=6, max_minutes=6.0),
     "rcnn": Recipe("rcnn", num_train=1000, epochs=6, max_minutes=12.0),
     "ssd": Recipe("ssd", num_train=3000, epochs=8, max_minutes=5.0),
-    "yolo": Recipe("yolo", num_train=3000, epochs=13, max_minutes=5.0),
+    "yolo": Recipe("yolo", num_train=9000, epochs=5, max_minutes=5.0),
 }
 """The budgets the lessons and the benchmark report (2 CPU cores)."""
 
@@ -149,7 +149,8 @@ def scenes(recipe: Recipe, split: str) -> SyntheticShapes:
 
     SSD and YOLO train on randomly flipped scenes (:class:`~course_lib.data.transforms.
     RandomFlip`), as their papers train with data augmentation: with one positive box per
-    object (YOLO) they overfit 3,000 scenes otherwise.
+    object, YOLO overfits 3,000 scenes otherwise; its recipe also uses 9,000 scenes for 5
+    epochs rather than 3,000 for 13 (0.844 against 0.810 mAP@0.5 in the same 5 minutes).
     """
     num = recipe.num_train if split == "train" else recipe.num_test
     flip = RandomFlip() if split == "train" and recipe.detector in SINGLE_STAGE else None
