@@ -43,6 +43,23 @@ def stack_images(images: Sequence[Tensor] | Tensor, image_size: int) -> Tensor:
     return torch.stack(list(images))  # B x (3, S, S) -> (B, 3, S, S)
 
 
+def stack_batch(images: Sequence[Tensor] | Tensor, targets: Sequence[dict] | None,
+                image_size: int, training: bool) -> Tensor:
+    """:func:`stack_images` plus the checks every detector's ``forward`` makes on its targets.
+
+    Raises:
+        ValueError: in training mode without targets; with targets, unless there is one per
+            image; or an image is not ``(3, S, S)``.
+    """
+    if training and targets is None:
+        raise ValueError("targets are needed in training mode: model(images, targets)")
+    batch = stack_images(images, image_size)  # (B, 3, S, S)
+    if targets is not None and len(targets) != len(batch):
+        raise ValueError(f"need one target per image: {len(batch)} images, "
+                         f"{len(targets)} targets")
+    return batch
+
+
 class TinyBackbone(nn.Module):
     """A small CNN: ``num_stages`` stages, each a strided conv then a plain conv.
 

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from course_lib.models.backbone import TinyBackbone
-from course_lib.models.faster_rcnn import ROI_OPS, pool_regions, stack_images
+from course_lib.models.backbone import TinyBackbone, stack_batch
+from course_lib.models.faster_rcnn import ROI_OPS, pool_regions
 from course_lib.models.roi_heads import BoxHead, second_stage
 from course_lib.proposals import selective_search
 
@@ -115,9 +115,7 @@ class FastRCNN(nn.Module):
             training: ``{"loss_classifier": ..., "loss_box_reg": ...}``.
             eval: a list of B dicts with ``"boxes"``, ``"scores"`` and ``"labels"``.
         """
-        if self.training and targets is None:
-            raise ValueError("targets are needed in training mode: model(images, targets)")
-        batch = stack_images(images, self.image_size)  # (B, 3, S, S)
+        batch = stack_batch(images, targets, self.image_size, self.training)  # (B, 3, S, S)
         if proposals is None:
             proposals = search_proposals(batch, self.max_proposals)
         proposals = check_proposals(proposals, len(batch))

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
-from course_lib.models.backbone import TinyBackbone, stack_images
+from course_lib.models.backbone import TinyBackbone, stack_batch, stack_images
 from course_lib.models.roi_heads import BoxHead, second_stage
 from course_lib.models.rpn import RegionProposalNetwork
 
@@ -140,12 +140,7 @@ class FasterRCNN(nn.Module):
             eval: a list of B dicts with ``"boxes"`` (Tensor[D, 4]), ``"scores"`` (Tensor[D])
             and ``"labels"`` (Tensor[D] int64).
         """
-        if self.training and targets is None:
-            raise ValueError("targets are needed in training mode: model(images, targets)")
-        batch = stack_images(images, self.image_size)  # (B, 3, S, S)
-        if targets is not None and len(targets) != len(batch):
-            raise ValueError(f"need one target per image: {len(batch)} images, "
-                             f"{len(targets)} targets")
+        batch = stack_batch(images, targets, self.image_size, self.training)  # (B, 3, S, S)
         features = self.backbone(batch)  # (B, 3, S, S) -> (B, F, H, W)
 
         # first stage: P proposals per image (no gradient flows through their coordinates)

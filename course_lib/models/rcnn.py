@@ -24,9 +24,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from course_lib.models.backbone import TinyBackbone
+from course_lib.models.backbone import TinyBackbone, stack_batch
 from course_lib.models.fast_rcnn import check_proposals, search_proposals
-from course_lib.models.faster_rcnn import stack_images
 from course_lib.models.roi_heads import BoxHead, second_stage
 
 
@@ -112,9 +111,7 @@ class RCNN(nn.Module):
                 targets: Sequence[dict[str, Tensor]] | None = None,
                 proposals: Sequence[Tensor] | None = None):
         """Losses (training mode) or detections (eval mode), as :class:`FastRCNN`."""
-        if self.training and targets is None:
-            raise ValueError("targets are needed in training mode: model(images, targets)")
-        batch = stack_images(images, self.image_size)  # (B, 3, S, S)
+        batch = stack_batch(images, targets, self.image_size, self.training)  # (B, 3, S, S)
         if proposals is None:
             proposals = search_proposals(batch, self.max_proposals)
         proposals = check_proposals(proposals, len(batch))

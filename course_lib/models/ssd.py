@@ -61,7 +61,7 @@ from torchvision.ops import batched_nms
 
 from course_lib.boxes import box_iou, check_boxes
 from course_lib.coder import decode_boxes, encode_boxes
-from course_lib.models.backbone import TinyBackbone, conv_bn_relu, stack_images
+from course_lib.models.backbone import TinyBackbone, conv_bn_relu, stack_batch, stack_images
 
 SSD_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 """``(wx, wy, ww, wh)`` of SSD's box coder, as in torchvision's ``SSD``."""
@@ -656,8 +656,10 @@ class SSD(nn.Module):
 
     def outputs(self, images: Sequence[Tensor] | Tensor) -> tuple[Tensor, Tensor]:
         """The raw outputs: ``class_logits`` Tensor[B, D, C + 1], ``box_regression`` [B, D, 4]."""
-        maps = self.features(stack_images(images, self.image_size))
-        return self.head(list(maps.values()))
+        return self._outputs(stack_images(images, self.image_size))
+
+    def _outputs(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(list(self.features(batch).values()))  # (B, 3, S, S) -> L maps -> ...
 
     def forward(self, images: Sequence[Tensor] | Tensor,
                 targets: Sequence[dict[str, Tensor]] | None = None):
@@ -673,9 +675,8 @@ class SSD(nn.Module):
             eval: a list of B dicts with ``"boxes"`` (Tensor[N, 4]), ``"scores"`` (Tensor[N])
             and ``"labels"`` (Tensor[N] int64).
         """
-        if self.training and targets is None:
-            raise ValueError("targets are needed in training mode: model(images, targets)")
-        class_logits, box_regression = self.outputs(images)  # (B, D, C+1), (B, D, 4)
+        batch = stack_batch(images, targets, self.image_size, self.training)  # (B, 3, S, S)
+        class_logits, box_regression = self._outputs(batch)  # (B, D, C+1), (B, D, 4)
         if self.training:
             return multibox_loss(class_logits, box_regression, self.anchors, targets,
                                  self.neg_pos_ratio, self.iou_threshold)

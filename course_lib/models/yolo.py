@@ -62,7 +62,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from course_lib.boxes import as_boxes, box_area
-from course_lib.models.backbone import TinyBackbone, conv_bn_relu, stack_images
+from course_lib.models.backbone import TinyBackbone, conv_bn_relu, stack_batch, stack_images
 
 SQRT_EPS = 1e-9
 """Added under the square root of ``w, h`` in the loss (``sign(v) * sqrt(|v| + SQRT_EPS)``) so
@@ -558,7 +558,10 @@ class YOLO(nn.Module):
             Tensor[N, S, S, B*5 + C]: per cell, B times ``(x, y, w, h, conf)`` in (0, 1), then
             C class probabilities summing to 1.
         """
-        raw = self.predict(self.neck(self.backbone(stack_images(images, self.image_size))))
+        return self._grid(stack_images(images, self.image_size))
+
+    def _grid(self, batch: Tensor) -> Tensor:
+        raw = self.predict(self.neck(self.backbone(batch)))  # (N, 3, H, H) -> (N, D, S, S)
         raw = raw.permute(0, 2, 3, 1)  # (N, B*5+C, S, S) -> (N, S, S, B*5+C)
         boxes = torch.sigmoid(raw[..., : 5 * self.B])  # (N, S, S, 5B)
         classes = torch.softmax(raw[..., 5 * self.B :], dim=-1)  # (N, S, S, C)
@@ -578,13 +581,9 @@ class YOLO(nn.Module):
             ``class``), in eval mode a list of N dicts with ``"boxes"`` (Tensor[K, 4]),
             ``"scores"`` (Tensor[K]) and ``"labels"`` (Tensor[K] int64).
         """
-        if self.training and targets is None:
-            raise ValueError("targets are needed in training mode: model(images, targets)")
-        output = self.grid(images)  # (N, S, S, B*5+C)
+        batch = stack_batch(images, targets, self.image_size, self.training)  # (N, 3, H, H)
+        output = self._grid(batch)  # (N, S, S, B*5+C)
         if self.training:
-            if len(targets) != output.shape[0]:
-                raise ValueError(f"need one target per image: {output.shape[0]} images, "
-                                 f"{len(targets)} targets")
             target = yolo_encode(list(targets), self.S, self.B, self.C, self.image_size,
                                  dtype=output.dtype)
             return yolo_loss(output, target, self.S, self.B, self.C, self.lambda_coord,
