@@ -17,7 +17,8 @@ The detectors come from the checkpoint cache (``make checkpoints``) unless ``--r
 training times are those measured when they were trained (on an otherwise idle machine).
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_single_stage.py [--table] [--torchvision]
-[--retrain] [--quick] [--threads 2]``
+[--retrain] [--quick] [--threads 2] [--device cpu|cuda|auto]``. The targets are for the CPU;
+``--device cuda`` times the same (CPU-trained) detectors on a GPU and evaluates them there again.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD as TorchvisionSSD
 
 from course_lib.cost import detector_cost, images_per_second
+from course_lib.device import get_device
 from course_lib.models.backbone import TinyBackbone
 from course_lib.models.ssd import SSDFeatures
 from course_lib.recipes.detection import (
@@ -39,6 +41,7 @@ from course_lib.recipes.detection import (
     SEARCH_PROPOSALS,
     SINGLE_STAGE,
     cached_proposals,
+    evaluate,
     load_or_train,
     recipe_for,
     scenes,
@@ -63,17 +66,18 @@ def torchvision_ssd(ours) -> TorchvisionSSD:
     )
 
 
-def throughput(model, detector: str, recipe) -> float:
+def throughput(model, detector: str, recipe, device: torch.device) -> float:
     """Images per second on 64 held-out scenes, in batches of ``BATCH`` (proposals cached)."""
     dataset = scenes(recipe, "test")
-    images = [dataset[i][0] for i in range(min(64, len(dataset)))]
+    images = [dataset[i][0].to(device) for i in range(min(64, len(dataset)))]
     if detector in SEARCH_PROPOSALS:
-        proposals = cached_proposals(dataset)[0][: len(images)]
+        proposals = [p.to(device) for p in cached_proposals(dataset)[0][: len(images)]]
         return images_per_second(model, images, None, proposals, batch_size=BATCH, repeats=3)
     return images_per_second(model, images, batch_size=BATCH, repeats=3)
 
 
-def latencies(models: dict, quick: bool, rounds: int = 3) -> dict[str, float]:
+def latencies(models: dict, quick: bool, device: torch.device, rounds: int = 3
+              ) -> dict[str, float]:
     """Median ms per image of each detector, one image at a time, over the held-out scenes.
 
     The detectors take turns, each timing all the scenes one after the other (after ten untimed
@@ -85,15 +89,19 @@ def latencies(models: dict, quick: bool, rounds: int = 3) -> dict[str, float]:
     calls = {}
     for detector, model in models.items():
         dataset = scenes(recipe_for(detector, quick), "test")
-        images = [dataset[i][0] for i in range(len(dataset))]
-        proposals = cached_proposals(dataset)[0] if detector in SEARCH_PROPOSALS else None
+        images = [dataset[i][0].to(device) for i in range(len(dataset))]
+        proposals = None
+        if detector in SEARCH_PROPOSALS:
+            proposals = [p.to(device) for p in cached_proposals(dataset)[0]]
         calls[detector] = (model.eval(), images, proposals)
 
     def call(detector: str, i: int):
         model, images, proposals = calls[detector]
-        if proposals is None:
-            return model([images[i]])
-        return model([images[i]], None, [proposals[i]])
+        output = model([images[i]]) if proposals is None else model(
+            [images[i]], None, [proposals[i]])
+        if device.type == "cuda":  # CUDA runs asynchronously: wait for the result
+            torch.cuda.synchronize(device)
+        return output
 
     times = {detector: [] for detector in calls}
     with torch.inference_mode():
@@ -108,15 +116,17 @@ def latencies(models: dict, quick: bool, rounds: int = 3) -> dict[str, float]:
     return {detector: 1000 * statistics.median(t) for detector, t in times.items()}
 
 
-def cost_table(rows: dict, recipe) -> None:
+def cost_table(rows: dict, recipe, device: torch.device) -> None:
     """The "understanding paper results" table of every detector in ``rows``."""
     dataset = scenes(recipe, "test")
-    images = [dataset[i][0] for i in range(16)]
+    images = [dataset[i][0].to(device) for i in range(16)]
     print(f"\n{'detector':13s} {'mAP@.5':>7s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s} {'APs':>6s} "
           f"{'APm':>6s} {'APl':>6s} {'params':>7s} {'GFLOPs':>7s} {'ms/img':>8s} {'img/s':>7s}")
     for detector, (model, info, latency_ms, ips) in rows.items():
         m = info["metrics"]
-        extra = (None, cached_proposals(dataset)[0][:16]) if detector in SEARCH_PROPOSALS else ()
+        extra = ()
+        if detector in SEARCH_PROPOSALS:
+            extra = (None, [p.to(device) for p in cached_proposals(dataset)[0][:16]])
         cost = detector_cost(model, images, extra=extra, warmup=1, repeats=3)
         search_ms = 1000 * m["proposal_seconds"]
         print(f"{NAMES[detector]:13s} {m['AP50']:7.3f} {m['AP']:6.3f} {m['AP50']:6.3f} "
@@ -138,22 +148,34 @@ def main():
     parser.add_argument("--retrain", action="store_true", help="ignore the checkpoint cache")
     parser.add_argument("--quick", action="store_true", help="the CI budgets")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 = the target)")
+    parser.add_argument("--device", default="cpu",
+                        help="where to time and re-evaluate the detectors: cpu (the targets), "
+                             "cuda or auto; the checkpoints are trained on CPU")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = get_device(args.device)
 
     chosen = DETECTORS if args.table else ("faster_rcnn", *SINGLE_STAGE)
     loaded = {detector: load_or_train(detector, quick=args.quick, device="cpu", progress=False,
                                       retrain=args.retrain and detector in SINGLE_STAGE)
               for detector in chosen}
-    latency = latencies({detector: model for detector, (model, _) in loaded.items()}, args.quick)
+    loaded = {detector: (model.to(device), info) for detector, (model, info) in loaded.items()}
+    if device.type != "cpu":
+        for detector, (model, info) in loaded.items():
+            again = evaluate(model, recipe_for(detector, args.quick), device=device)
+            print(f"{NAMES[detector]}: mAP@0.5 {again['AP50']:.3f} evaluated on {device} "
+                  f"({info['metrics']['AP50']:.3f} on cpu after training)")
+    latency = latencies({detector: model for detector, (model, _) in loaded.items()}, args.quick,
+                        device)
     rows = {detector: (model, info, latency[detector],
-                       throughput(model, detector, recipe_for(detector, args.quick)))
+                       throughput(model, detector, recipe_for(detector, args.quick), device))
             for detector, (model, info) in loaded.items()}
 
     recipe = recipe_for("ssd", args.quick)
     print(f"\nSingle-stage detectors, {recipe.image_size} px synthetic scenes, "
-          f"{recipe.num_classes} classes, {recipe.num_test} held-out scenes; {args.threads} torch "
-          f"threads (CPU)")
+          f"{recipe.num_classes} classes, {recipe.num_test} held-out scenes; timed on {device}"
+          + (f" with {args.threads} torch threads" if device.type == "cpu" else
+             f" ({torch.cuda.get_device_name(device)})"))
     print(f"{'detector':13s} {'train imgs':>10s} {'epochs':>6s} {'train':>7s} {'mAP@0.5':>8s} "
           f"{'AP':>6s} {'ms/img':>7s} {'img/s':>7s}")
     for detector in ("faster_rcnn", *SINGLE_STAGE):
@@ -178,7 +200,7 @@ def main():
               f"{'PASS' if fast else 'FAIL'}")
 
     if args.table:
-        cost_table(rows, recipe)
+        cost_table(rows, recipe, device)
 
     if args.torchvision:
         ours_model, info = rows["ssd"][:2]
