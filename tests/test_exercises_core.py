@@ -303,3 +303,32 @@ def test_solved_or_reference_falls_back_with_a_notice(capsys, fn, why):
     assert capsys.readouterr().out == (
         f"Note: your double {why}; the cells below use the reference "
         f"{double.__module__}.double instead.\n")
+
+
+def _scaler_from_seed(kwargs):
+    """A fake ``prepare``: a case names a non-plain argument (here a Linear layer) by a seed."""
+    kwargs = dict(kwargs)
+    torch.manual_seed(kwargs.pop("layer_seed"))
+    kwargs["layer"] = torch.nn.Linear(2, 2, bias=False).to(kwargs["x"].device)
+    return kwargs
+
+
+def apply_layer(layer, x):
+    with torch.no_grad():
+        return layer(x)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_prepare_builds_the_arguments_where_the_function_runs(device):
+    ex = Exercise(name="apply_layer", reference=apply_layer, prepare=_scaler_from_seed,
+                  cases=(Case("seed 0", {"x": torch.ones(3, 2), "layer_seed": 0}),),
+                  random_case=lambda rng: {"x": torch.ones(1, 2), "layer_seed": 1})
+    args = ex.inputs(ex.cases[0].kwargs, device)
+    assert set(args) == {"layer", "x"} and args["layer"].weight.device == args["x"].device
+    assert run_case(apply_layer, ex, ex.cases[0], device).passed
+
+    def transposed(layer, x):  # a wrong answer must still fail
+        return x @ layer.weight
+
+    assert not run_case(transposed, ex, ex.cases[0], device).passed
+    assert ex.cases[0].kwargs.keys() == {"x", "layer_seed"}  # the case itself is untouched

@@ -25,9 +25,10 @@ import torch
 
 from course_lib import exercises
 from course_lib.grading import cli, grade_many, grade_notebook, transfer
+from course_lib.grading.child import _prepare
 from course_lib.grading.notebook import NotebookError, read_submission
 from course_lib.grading.report import write_class_csv
-from course_lib.grading.runner import _hidden_reason
+from course_lib.grading.runner import _hidden_reason, _import_name
 from course_lib.grading.sandbox import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -386,3 +387,15 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
 def test_cli_help_exits_0(capsys):
     assert cli.main(["--help"]) == 0
     assert "--timeout" in capsys.readouterr().out
+
+
+def test_prepare_travels_to_the_child_by_name_and_only_from_course_lib_exercises():
+    from course_lib.exercises.lesson07 import with_model
+
+    name = _import_name(with_model)
+    assert name == "course_lib.exercises.lesson07:with_model" and _prepare(name) is with_model
+    assert _import_name(None) is None and _prepare(None) is None
+    with pytest.raises(ValueError, match="module-level function of course_lib.exercises"):
+        _import_name(json.dumps)
+    with pytest.raises(ValueError, match="refusing"):
+        _prepare("os:system")

@@ -56,6 +56,11 @@ class Exercise:
         exact: compare integer outputs (indices) exactly, order included.
         hint: one sentence shown when a case fails.
         points: what the exercise is worth in the grade.
+        prepare: ``kwargs -> kwargs`` applied to a case's inputs (already cloned onto the
+            device) just before the call, where the function runs; for arguments that are not
+            plain data and so cannot be written in a case or cross to the grader's child
+            process, e.g. ``model_seed=3`` becoming ``model=tiny_fcn(3)``. Must be a
+            module-level function of ``course_lib.exercises`` (the child imports it by name).
     """
 
     name: str
@@ -67,12 +72,19 @@ class Exercise:
     exact: bool = False
     hint: str = ""
     points: float = 1.0
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    def inputs(self, kwargs: Mapping[str, Any], device: str | torch.device = "cpu"
+               ) -> dict[str, Any]:
+        """The arguments of one call: ``kwargs`` cloned onto ``device``, then prepared."""
+        cloned = clone_kwargs(kwargs, device)
+        return cloned if self.prepare is None else self.prepare(cloned)
 
     def expected(self, case: Case) -> Plain:
         """The plain expected output of ``case`` (hand-worked, or from the reference on CPU)."""
         if case.expected is not None:
             return to_plain(case.expected)
-        return to_plain(self.reference(**clone_kwargs(case.kwargs, "cpu")))
+        return to_plain(self.reference(**self.inputs(case.kwargs, "cpu")))
 
 
 @dataclass
@@ -242,7 +254,7 @@ def run_case(fn: Callable[..., Any], exercise: Exercise, case: Case,
     """Call ``fn`` on one case and compare its output with the expected one."""
     expected = exercise.expected(case)
     try:
-        got = to_plain(fn(**clone_kwargs(case.kwargs, device)))
+        got = to_plain(fn(**exercise.inputs(case.kwargs, device)))
     except NotImplementedError:
         return CaseResult(case.name, "not_implemented", "not implemented yet")
     except Exception as exc:  # the student's code may raise anything

@@ -14,6 +14,7 @@ marks that the cells have run; ``setup.json`` says why the function could not be
 from __future__ import annotations
 
 import gc
+import importlib
 import re
 import sys
 import time
@@ -44,6 +45,8 @@ def main(workdir: str) -> None:
         torch.cuda.set_per_process_memory_fraction(min(1.0, (task["memory_mb"] << 20) / total))
     sandbox.limit_memory(task["memory_mb"])
 
+    prepare = _prepare(task.get("prepare"))  # resolved before any student code runs
+
     namespace: dict[str, Any] = {"__name__": "__main__"}
     exec(PREAMBLE, namespace)
     cell_errors = {}
@@ -64,9 +67,20 @@ def main(workdir: str) -> None:
     transfer.write_json(root / "ready.json", {})  # the cells ran; the cases start
     for i, case in enumerate(task["cases"]):
         start = time.perf_counter()
-        result = _run_case(fn, transfer.load(case, root, device=device), root, f"out_{i}")
+        kwargs = transfer.load(case, root, device=device)
+        result = _run_case(fn, prepare(kwargs) if prepare else kwargs, root, f"out_{i}")
         result["seconds"] = time.perf_counter() - start
         transfer.write_json(root / f"result_{i}.json", result)
+
+
+def _prepare(name: str | None):
+    """The exercise's ``prepare`` function from its ``"module:name"`` (see ``Exercise``)."""
+    if name is None:
+        return None
+    module, _, attr = name.partition(":")
+    if not module.startswith("course_lib.exercises."):
+        raise ValueError(f"refusing to import prepare function {name!r}")
+    return getattr(importlib.import_module(module), attr)
 
 
 def _run_case(fn: Any, kwargs: dict[str, Any], root: Path, prefix: str) -> dict[str, Any]:

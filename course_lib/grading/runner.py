@@ -179,6 +179,7 @@ def grade_exercise(exercise: Exercise, submission: Submission, device: str, limi
     try:
         task = {
             "function": exercise.name, "cell": cell.number, "device": device,
+            "prepare": _import_name(exercise.prepare),
             "cpu_s": limits.cpu_s, "file_mb": limits.file_mb, "memory_mb": limits.memory_mb,
             "cells": [{"number": c.number, "source": c.source} for c in submission.cells
                       if not c.syntax_error],
@@ -200,6 +201,17 @@ def grade_exercise(exercise: Exercise, submission: Submission, device: str, limi
     result["status"], result["feedback"] = _summarise(exercise, drawn, verdicts, child, limits,
                                                       setup, ready)
     return result
+
+
+def _import_name(prepare) -> str | None:
+    """``"module:name"`` of an exercise's ``prepare`` function, for the child to import."""
+    if prepare is None:
+        return None
+    name = f"{prepare.__module__}:{prepare.__qualname__}"
+    if not prepare.__module__.startswith("course_lib.exercises.") or "." in prepare.__qualname__:
+        raise ValueError(f"prepare must be a module-level function of course_lib.exercises, "
+                         f"got {name}")
+    return name
 
 
 def _verdict(exercise: Exercise, drawn: _Drawn, task_dir: Path, i: int) -> tuple[str, str]:
