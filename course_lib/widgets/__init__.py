@@ -12,6 +12,10 @@ from course_lib.widgets.iou_explorer import IoUExplorer, iou_explorer, iou_quali
 from course_lib.widgets.nms_stepper import NMSStepper, nms_stepper
 from course_lib.widgets.pr_curve_builder import PRCurveBuilder, pr_curve_builder
 from course_lib.widgets.proposal_viewer import ProposalViewer, proposal_viewer
+from course_lib.widgets.segmentation_explorer import (
+    SegmentationExplorer,
+    segmentation_explorer,
+)
 from course_lib.widgets.sliding_window_explorer import (
     SlidingWindowExplorer,
     sliding_window_explorer,
@@ -29,4 +33,5 @@ __all__ = [
     "ProposalViewer", "proposal_viewer",
     "AnchorExplorer", "anchor_explorer",
     "YOLOGridExplorer", "yolo_grid_explorer", "DefaultBoxExplorer", "default_box_explorer",
+    "SegmentationExplorer", "segmentation_explorer",
 ]
