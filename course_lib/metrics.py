@@ -14,7 +14,8 @@ thresholds, R recall points, K categories, A area ranges, M max-detection settin
 
 Boxes are ``(x1, y1, x2, y2)`` float tensors; targets and predictions are lists with one dict
 per image: ``{"boxes": Tensor[G, 4], "labels": Tensor[G]}`` (+ ``"scores": Tensor[D]`` for
-predictions, optional ``"iscrowd"`` and ``"area"`` for targets).
+predictions, optional ``"iscrowd"`` and ``"area"`` for targets). COCO mask evaluation
+(``iou_type="segm"``) reads ``"masks"`` (Tensor[G, H, W]) instead of ``"boxes"``.
 """
 
 from __future__ import annotations
@@ -309,33 +310,47 @@ def coco_evaluate(
       each cell) ranked by score; precision envelope sampled at 101 recall levels; -1 where a
       category has no regular GT; AP and AR average over the categories that are not -1.
 
+    **Masks** (``iou_type="segm"``, pycocotools' ``iouType="segm"``): the same rules with the
+    IoU of the masks (pixels in both / pixels in either; a crowd GT: pixels in both / pixels
+    of the detection) and the areas of the masks: a detection's area is its pixel count (what
+    ``COCO.loadRes`` gives segmentation results), a GT's area its ``"area"`` when given, else
+    its pixel count (COCO's annotations store the mask area there). The mask IoU is computed
+    here exactly, by counting pixels (a matrix product of the flattened 0/1 masks), not with
+    pycocotools' run-length code; both give the same integer counts, hence the same floats
+    (tested against ``pycocotools.mask.iou``). Boxes are not needed.
+
     Images are those of ``targets`` (image ``i`` is COCO image ``i + 1``); the categories are
     the union of the labels of ``targets`` and ``preds``, like
     ``coco_format.pycocotools_evaluate`` (a category without GT is -1 and changes nothing).
 
     Args:
-        targets: one dict per image: ``"boxes"`` (Tensor[G, 4], xyxy), ``"labels"``
-            (Tensor[G] int64), optional ``"iscrowd"`` (Tensor[G]) and ``"area"`` (Tensor[G]).
-        preds: one dict per image (same length): ``"boxes"`` (Tensor[D, 4]), ``"labels"``
+        targets: one dict per image: ``"boxes"`` (Tensor[G, 4], xyxy; ``"bbox"``) or
+            ``"masks"`` (Tensor[G, H, W] uint8/bool, nonzero = object; ``"segm"``),
+            ``"labels"`` (Tensor[G] int64), optional ``"iscrowd"`` (Tensor[G]) and ``"area"``
+            (Tensor[G]).
+        preds: one dict per image (same length): ``"boxes"`` (Tensor[D, 4]; ``"bbox"``) or
+            ``"masks"`` (``"segm"``: Tensor[D, H, W] binary, or Tensor[D, 1, H, W] or
+            Tensor[D, H, W] float probabilities, object where ``> 0.5`` as in torchvision's
+            COCO evaluation; the same (H, W) as the target's masks), ``"labels"``
             (Tensor[D]), ``"scores"`` (Tensor[D]).
-        iou_type: ``"bbox"``. ``"segm"`` comes with lesson 08 (only the IoU computation
-            and the detection areas change).
+        iou_type: ``"bbox"`` (box IoU) or ``"segm"`` (mask IoU).
 
     Returns:
         dict: AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl -> float
         (-1.0 where undefined, e.g. no GT in that size range).
     """
-    if iou_type == "segm":
-        raise NotImplementedError("segm comes with lesson 08")
-    if iou_type != "bbox":
+    if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     if len(targets) != len(preds):
         raise ValueError(f"targets and preds must have one entry per image, got {len(targets)} "
                          f"and {len(preds)}")
 
     # --- Step 1: one flat table of GT boxes and one of detections (one row per box).
-    gt = _flatten(targets, "targets", is_pred=False)
-    dt = _flatten(preds, "preds", is_pred=True)
+    gt_pixels = dt_pixels = overlaps = None  # "segm": the masks' pixel counts, per image
+    if iou_type == "segm":
+        gt_pixels, dt_pixels, overlaps = _mask_pixel_counts(targets, preds)
+    gt = _flatten(targets, "targets", is_pred=False, mask_pixels=gt_pixels)
+    dt = _flatten(preds, "preds", is_pred=True, mask_pixels=dt_pixels)
     category_ids = np.union1d(gt["label"], dt["label"])  # (K,) sorted
     num_cats = len(category_ids)
     gt_cell = gt["image"] * num_cats + np.searchsorted(category_ids, gt["label"])  # (G,)
@@ -356,7 +371,13 @@ def coco_evaluate(
     # --- Step 3: IoU of every (detection, GT) pair of the same cell. Only this step depends
     # on iou_type. Pairs below the lowest threshold can never match: drop them.
     pair_dt, pair_gt = _cell_pairs(dt_cell, gt_cell)  # (P,), (P,)
-    pair_iou = _bbox_iou_pairs(dt["xywh"][pair_dt], gt["xywh"][pair_gt], gt["crowd"][pair_gt])
+    if iou_type == "bbox":
+        pair_iou = _bbox_iou_pairs(dt["xywh"][pair_dt], gt["xywh"][pair_gt],
+                                   gt["crowd"][pair_gt])
+    else:
+        pair_iou = _mask_iou_pairs(overlaps, dt["image"][pair_dt], dt["index"][pair_dt],
+                                   gt["index"][pair_gt], dt["pixels"][pair_dt],
+                                   gt["pixels"][pair_gt], gt["crowd"][pair_gt])
     close = pair_iou >= COCO_IOU_THRESHOLDS[0]
     pair_dt, pair_gt, pair_iou = pair_dt[close], pair_gt[close], pair_iou[close]
 
@@ -384,19 +405,33 @@ def coco_evaluate(
     return _coco_summarize(precision, recall)
 
 
-def _flatten(items: Sequence[dict], name: str, is_pred: bool) -> dict[str, np.ndarray]:
-    """All boxes of all images as flat arrays (one row per box), in COCO terms.
+def _flatten(
+    items: Sequence[dict], name: str, is_pred: bool, mask_pixels: list[np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """All boxes (or masks) of all images as flat arrays (one row per object), in COCO terms.
+
+    Args:
+        items: the targets or the predictions, one dict per image.
+        name: ``"targets"`` or ``"preds"``, for error messages.
+        is_pred: predictions (with scores) or targets (with crowds and areas).
+        mask_pixels: ``None`` for boxes; for masks, each image's mask areas (ndarray[N_i]),
+            which then give the number of objects and the areas, and no boxes are read.
 
     Returns:
-        dict with ``"image"`` (N,) int64 image index, ``"label"`` (N,) int64, ``"xywh"``
-        (N, 4) float64, ``"area"`` (N,) float64 and ``"score"`` (N,) float64 (predictions) or
-        ``"crowd"`` (N,) bool (targets).
+        dict with ``"image"`` (N,) int64 image index, ``"index"`` (N,) int64 row in its
+        image, ``"label"`` (N,) int64, ``"area"`` (N,) float64 (for the size ranges),
+        ``"xywh"`` (N, 4) float64 (boxes) or ``"pixels"`` (N,) float64 (masks: the mask
+        area, which a target's ``"area"`` does not replace), and ``"score"`` (N,) float64
+        (predictions) or ``"crowd"`` (N,) bool (targets).
     """
     boxes, counts, labels, extra, given_area = [], [], [], [], []
     for i, item in enumerate(items):
-        b = as_boxes(item["boxes"], f"{name}[{i}]['boxes']").cpu()
-        n = b.shape[0]
-        boxes.append(b)
+        if mask_pixels is None:
+            b = as_boxes(item["boxes"], f"{name}[{i}]['boxes']").cpu()
+            boxes.append(b)
+            n = b.shape[0]
+        else:
+            n = len(mask_pixels[i])
         counts.append(n)
         labels.append(_vector(item["labels"], f"{name}[{i}]['labels']", n))
         if is_pred:
@@ -408,13 +443,19 @@ def _flatten(items: Sequence[dict], name: str, is_pred: bool) -> dict[str, np.nd
             area = item.get("area")
             given_area.append(torch.full((n,), float("nan")) if area is None
                               else _vector(area, f"{name}[{i}]['area']", n))
-    xywh = boxes_to_coco_xywh(_cat(boxes, torch.float64).reshape(-1, 4))  # the json's floats
     table = {
         "image": np.repeat(np.arange(len(items), dtype=np.int64), counts),
+        "index": (np.concatenate([np.arange(n, dtype=np.int64) for n in counts]) if counts
+                  else np.zeros(0, dtype=np.int64)),
         "label": _cat(labels, torch.int64).numpy(),
-        "xywh": xywh,  # (N, 4)
-        "area": xywh[:, 2] * xywh[:, 3],
     }
+    if mask_pixels is None:
+        xywh = boxes_to_coco_xywh(_cat(boxes, torch.float64).reshape(-1, 4))  # the json's floats
+        table["xywh"] = xywh  # (N, 4)
+        table["area"] = xywh[:, 2] * xywh[:, 3]
+    else:
+        table["pixels"] = np.concatenate(mask_pixels) if mask_pixels else np.zeros(0)
+        table["area"] = table["pixels"]
     if is_pred:
         table["score"] = _cat(extra, torch.float64).numpy()
     else:
@@ -422,6 +463,51 @@ def _flatten(items: Sequence[dict], name: str, is_pred: bool) -> dict[str, np.nd
         area = _cat(given_area, torch.float64).numpy()
         table["area"] = np.where(np.isnan(area), table["area"], area)  # target "area" wins
     return table
+
+
+def _mask_pixel_counts(
+    targets: Sequence[dict], preds: Sequence[dict]
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Pixel counts of each image's masks and of their pairwise intersections.
+
+    Binary masks (bool or integer) are objects where nonzero; float masks are probabilities,
+    objects where ``> 0.5``. Predicted masks may be (D, 1, H, W) (Mask R-CNN's output). One
+    image at a time, so only its masks are in memory: everything later needs only the counts.
+
+    Returns:
+        gt_pixels, dt_pixels, overlaps: per image, ndarray[G_i] and ndarray[D_i] mask areas
+        and ndarray[D_i, G_i] intersections (pixels in both masks), all float64.
+
+    Raises:
+        ValueError: a missing ``"masks"``, a wrong shape, or predicted masks whose (H, W)
+            differs from the target's.
+    """
+    def flat(item, name):  # (N, H, W) or (N, 1, H, W) -> (N, H*W) 0/1 floats, and (H, W)
+        if "masks" not in item:
+            raise ValueError(f"{name} has no 'masks', which iou_type='segm' needs")
+        masks = torch.as_tensor(item["masks"]).detach().cpu()
+        if masks.dim() == 4 and masks.shape[1] == 1:
+            masks = masks[:, 0]
+        if masks.dim() != 3:
+            raise ValueError(f"{name}['masks'] must have shape (N, H, W) or (N, 1, H, W), got "
+                             f"{tuple(item['masks'].shape)}")
+        binary = masks > 0.5 if masks.is_floating_point() else masks != 0
+        # Pixel counts are whole numbers: float32 sums of 0/1 are exact up to 2^24 pixels.
+        count_dtype = torch.float32 if masks.shape[1] * masks.shape[2] <= 2**24 else torch.float64
+        return binary.flatten(start_dim=1).to(count_dtype), tuple(masks.shape[1:])
+
+    gt_pixels, dt_pixels, overlaps = [], [], []
+    for i, (target, pred) in enumerate(zip(targets, preds, strict=True)):
+        gt, gt_size = flat(target, f"targets[{i}]")  # (G_i, H*W)
+        dt, dt_size = flat(pred, f"preds[{i}]")  # (D_i, H*W)
+        if dt_size != gt_size:
+            raise ValueError(f"preds[{i}]['masks'] must be {gt_size} like the target's masks, "
+                             f"got {tuple(pred['masks'].shape)}")
+        dt = dt.to(gt.dtype)
+        gt_pixels.append(gt.sum(dim=1).double().numpy())
+        dt_pixels.append(dt.sum(dim=1).double().numpy())
+        overlaps.append((dt @ gt.T).double().numpy())  # (D_i, G_i) pixels in both
+    return gt_pixels, dt_pixels, overlaps
 
 
 def _cell_pairs(dt_cell: np.ndarray, gt_cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -460,6 +546,44 @@ def _bbox_iou_pairs(dt_xywh: np.ndarray, gt_xywh: np.ndarray, gt_crowd: np.ndarr
     dt_area, gt_area = dw * dh, gw * gh
     union = np.where(gt_crowd, dt_area, dt_area + gt_area - inter)
     iou = np.zeros(len(w))
+    iou[overlap] = inter[overlap] / union[overlap]
+    return iou
+
+
+def _mask_iou_pairs(
+    overlaps: list[np.ndarray],
+    pair_image: np.ndarray,
+    pair_dt_index: np.ndarray,
+    pair_gt_index: np.ndarray,
+    dt_pixels: np.ndarray,
+    gt_pixels: np.ndarray,
+    gt_crowd: np.ndarray,
+) -> np.ndarray:
+    """IoU of paired masks from pixel counts, as pycocotools' ``maskUtils.iou``.
+
+    ``intersection / union``, or ``intersection / detection area`` for a crowd GT; 0 when the
+    masks do not intersect (also for empty masks). pycocotools counts the same pixels from
+    run-length codes and divides the same integers in double precision: the same floats.
+
+    Args:
+        overlaps (list[ndarray[D_i, G_i]]): each image's intersections (pixels in both).
+        pair_image (ndarray[P]): the image of each (detection, GT) pair.
+        pair_dt_index (ndarray[P]): the detection's row in its image.
+        pair_gt_index (ndarray[P]): the GT's row in its image.
+        dt_pixels (ndarray[P]): the detection mask's area.
+        gt_pixels (ndarray[P]): the GT mask's area.
+        gt_crowd (ndarray[P] bool): whether the pair's GT is a crowd region.
+
+    Returns:
+        ndarray[P] float64.
+    """
+    inter = np.zeros(len(pair_image))  # (P,) pixels in both masks
+    for image in np.unique(pair_image):
+        pairs = np.flatnonzero(pair_image == image)
+        inter[pairs] = overlaps[image][pair_dt_index[pairs], pair_gt_index[pairs]]
+    union = np.where(gt_crowd, dt_pixels, dt_pixels + gt_pixels - inter)
+    iou = np.zeros(len(inter))
+    overlap = inter > 0
     iou[overlap] = inter[overlap] / union[overlap]
     return iou
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 
 from course_lib.coco_format import (
     COCO_STAT_NAMES,
@@ -18,7 +19,12 @@ from course_lib.coco_format import (
     to_coco_gt,
 )
 from course_lib.device import available_devices
-from course_lib.metrics import COCO_IOU_THRESHOLDS, coco_evaluate
+from course_lib.metrics import (
+    COCO_IOU_THRESHOLDS,
+    _mask_iou_pairs,
+    _mask_pixel_counts,
+    coco_evaluate,
+)
 
 NUM_CLASSES = 4
 PRED_ONLY_CLASS = NUM_CLASSES + 3  # a label that never occurs in the targets
@@ -240,8 +246,8 @@ def test_device_inputs(device):
 
 def test_bad_arguments():
     targets, preds = random_dataset(0, num_images=2)
-    with pytest.raises(NotImplementedError, match="lesson 08"):
-        coco_evaluate(targets, preds, iou_type="segm")
+    with pytest.raises(ValueError, match=r"targets\[0\] has no 'masks'"):
+        coco_evaluate(targets, preds, iou_type="segm")  # boxes only: no mask IoU
     with pytest.raises(ValueError, match="iou_type"):
         coco_evaluate(targets, preds, iou_type="keypoints")
     with pytest.raises(ValueError, match="one entry per image"):
@@ -299,3 +305,262 @@ def test_pycocotools_evaluate_rejects_segm_and_length_mismatch():
         pycocotools_evaluate(targets, preds, iou_type="segm")
     with pytest.raises(ValueError, match="one entry per image"):
         pycocotools_evaluate(targets, preds[:1])
+
+
+# ------------------------------------------------------------------ iou_type="segm"
+# The same oracle, pycocotools' COCOeval(iouType="segm"), on random instance masks. The
+# oracle takes a GT's area from its "area" field (else its box), ours from "area" else its
+# mask: the tests give the oracle the masks' pixel counts as "area" where ours has none.
+
+# pycocotools' decode passes copy=False to numpy 2's asarray: its warning, not ours.
+segm_warning = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def random_mask(rng, height, width):
+    """(H, W) bool: a rectangle, an ellipse or a hollow rectangle, sometimes of area 32^2."""
+    mask = np.zeros((height, width), dtype=bool)
+    if rng.random() < 0.2 and height >= 32 and width >= 32:  # exactly 1024 px: small/medium
+        y, x = rng.integers(0, height - 31), rng.integers(0, width - 31)
+        mask[y:y + 32, x:x + 32] = True
+        return mask
+    y1, x1 = rng.integers(0, height - 1), rng.integers(0, width - 1)
+    y2, x2 = rng.integers(y1 + 1, height + 1), rng.integers(x1 + 1, width + 1)
+    shape = rng.choice(["rect", "ellipse", "hollow"])
+    if shape == "ellipse":
+        ys, xs = np.mgrid[:height, :width]
+        cy, cx, ry, rx = (y1 + y2) / 2, (x1 + x2) / 2, (y2 - y1) / 2 + 0.5, (x2 - x1) / 2 + 0.5
+        mask = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1
+    else:
+        mask[y1:y2, x1:x2] = True
+        if shape == "hollow":
+            cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
+            mask[cy - 2:cy + 2, cx - 2:cx + 2] = False
+    return mask
+
+
+def perturb(rng, mask):
+    """A detection made from a GT mask: an exact copy, a shifted copy, or pixels flipped."""
+    kind = rng.choice(["copy", "shift", "noise"])
+    if kind == "copy":
+        return mask.copy()
+    if kind == "shift":
+        dy, dx = rng.integers(-4, 5, 2)
+        return np.roll(mask, (dy, dx), axis=(0, 1))
+    return mask ^ (rng.random(mask.shape) < 0.05)
+
+
+def tight_boxes(masks):
+    boxes = []
+    for m in masks:
+        rows, cols = np.nonzero(m)
+        boxes.append([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1] if len(rows)
+                     else [0, 0, 0, 0])
+    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
+
+def random_segm_dataset(seed, num_images=6):
+    """Random targets/preds with masks: images of different sizes, crowds, empty images,
+    "area" fields, masks as uint8, bool or probabilities, score ties, empty masks."""
+    rng = np.random.default_rng(1000 + seed)
+    targets, preds = [], []
+    for _ in range(num_images):
+        height, width = (int(v) for v in rng.integers(20, 110, 2))
+        kind = rng.choice(["both", "both", "both", "empty", "gt_only", "dt_only"])
+        num_gt = 0 if kind in ("empty", "dt_only") else int(rng.integers(1, 6))
+        gt_masks = np.zeros((num_gt, height, width), dtype=bool)
+        for j in range(num_gt):
+            gt_masks[j] = random_mask(rng, height, width)
+        gt_labels = rng.integers(1, NUM_CLASSES + 1, num_gt)
+        target = {"masks": torch.from_numpy(gt_masks.astype(np.uint8)),
+                  "labels": torch.tensor(gt_labels, dtype=torch.int64)}
+        if rng.random() < 0.5:
+            target["masks"] = target["masks"].bool()
+        if rng.random() < 0.4:
+            target["iscrowd"] = torch.from_numpy(rng.random(num_gt) < 0.3)
+        if rng.random() < 0.3:
+            area = gt_masks.sum(axis=(1, 2)) * rng.choice([0.5, 1.0, 3.0, 40.0], num_gt)
+            area[rng.random(num_gt) < 0.3] = rng.choice([1024.0, 9216.0])
+            target["area"] = torch.tensor(area, dtype=torch.float64)
+        targets.append(target)
+
+        det_masks, det_labels = [], []
+        if kind in ("both", "dt_only"):
+            for j in range(num_gt):
+                for _ in range(int(rng.integers(0, 3))):
+                    det_masks.append(perturb(rng, gt_masks[j]))
+                    det_labels.append(gt_labels[j] if rng.random() > 0.1
+                                      else rng.integers(1, NUM_CLASSES + 1))
+            for _ in range(int(rng.integers(0, 4))):
+                det_masks.append(random_mask(rng, height, width))
+                det_labels.append(PRED_ONLY_CLASS if rng.random() < 0.2
+                                  else rng.integers(1, NUM_CLASSES + 1))
+            if rng.random() < 0.2:
+                det_masks.append(np.zeros((height, width), dtype=bool))  # an empty mask
+                det_labels.append(1)
+        masks = np.array(det_masks, dtype=bool).reshape(-1, height, width)
+        scores = rng.random(len(masks))
+        if rng.random() < 0.5:
+            scores = np.round(scores, 1)
+        pred = {"labels": torch.tensor(det_labels, dtype=torch.int64).reshape(-1),
+                "scores": torch.tensor(scores, dtype=torch.float32)}
+        style = rng.choice(["uint8", "bool", "probs", "probs_flat"])
+        if style.startswith("probs"):  # probabilities: object where > 0.5 (0.5 is not)
+            probs = np.where(masks, rng.choice([0.51, 0.7, 1.0], masks.shape),
+                             rng.choice([0.0, 0.3, 0.5], masks.shape))
+            probs = torch.tensor(probs, dtype=torch.float32)
+            pred["masks"] = probs[:, None] if style == "probs" else probs
+        else:
+            pred["masks"] = torch.from_numpy(masks.astype(np.uint8 if style == "uint8" else bool))
+        preds.append(pred)
+    return targets, preds
+
+
+def oracle_segm(targets, preds):
+    """pycocotools on the same data: GT boxes from the masks, "area" = pixels when missing."""
+    full = []
+    for t in targets:
+        masks = t["masks"].numpy().astype(bool)
+        full.append(dict(t, boxes=tight_boxes(masks),
+                         area=t.get("area", torch.tensor(masks.sum(axis=(1, 2)),
+                                                         dtype=torch.float64))))
+    return pycocotools_evaluate(full, preds, iou_type="segm")
+
+
+def square(height, width, x1, y1, x2, y2, hole=0):
+    """(H, W) uint8: ones on rows y1:y2, columns x1:x2, minus a centred hole of side 2*hole."""
+    mask = torch.zeros(height, width, dtype=torch.uint8)
+    mask[y1:y2, x1:x2] = 1
+    if hole:
+        cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
+        mask[cy - hole:cy + hole, cx - hole:cx + hole] = 0
+    return mask
+
+
+@segm_warning
+@pytest.mark.parametrize("seed", range(30))
+def test_segm_matches_pycocotools_on_random_data(seed):
+    targets, preds = random_segm_dataset(seed)
+    assert_same_stats(coco_evaluate(targets, preds, iou_type="segm"), oracle_segm(targets, preds))
+
+
+def test_random_segm_data_hits_the_interesting_cases():
+    seen = dict.fromkeys(["crowd", "area", "no_area", "pred_only", "empty_image", "gt_only",
+                          "dt_only", "probs", "probs_flat", "bool", "empty_mask", "area_1024",
+                          "score_tie"], False)
+    for seed in range(30):
+        targets, preds = random_segm_dataset(seed)
+        for t, p in zip(targets, preds, strict=True):
+            seen["crowd"] |= bool("iscrowd" in t and t["iscrowd"].any())
+            seen["area"] |= "area" in t
+            seen["no_area"] |= "area" not in t and len(t["labels"]) > 0
+            seen["pred_only"] |= bool((p["labels"] == PRED_ONLY_CLASS).any())
+            seen["empty_image"] |= len(t["labels"]) == 0 and len(p["labels"]) == 0
+            seen["gt_only"] |= len(t["labels"]) > 0 and len(p["labels"]) == 0
+            seen["dt_only"] |= len(t["labels"]) == 0 and len(p["labels"]) > 0
+            seen["probs"] |= p["masks"].dim() == 4
+            seen["probs_flat"] |= p["masks"].dim() == 3 and p["masks"].is_floating_point()
+            seen["bool"] |= p["masks"].dtype == torch.bool
+            binary = p["masks"] > 0.5 if p["masks"].is_floating_point() else p["masks"] != 0
+            seen["empty_mask"] |= bool((binary.flatten(1).sum(1) == 0).any())
+            seen["area_1024"] |= bool((t["masks"].flatten(1).sum(1) == 1024).any())
+            seen["score_tie"] |= len(p["scores"].unique()) < len(p["scores"])
+    assert all(seen.values()), seen
+
+
+def test_segm_mask_iou_equals_pycocotools():
+    # our pixel-count IoU against pycocotools' run-length IoU, crowd and empty masks included
+    rng = np.random.default_rng(0)
+    height, width = 37, 53
+    dt = np.array([random_mask(rng, height, width) for _ in range(12)] + [np.zeros(
+        (height, width), dtype=bool)])
+    gt = np.array([random_mask(rng, height, width) for _ in range(7)] + [dt[0], dt[-1]])
+    crowd = rng.random(len(gt)) < 0.4
+    pair_dt, pair_gt = (a.ravel() for a in np.meshgrid(np.arange(len(dt)), np.arange(len(gt)),
+                                                       indexing="ij"))
+    gt_pixels, dt_pixels, overlaps = _mask_pixel_counts(
+        [{"masks": torch.from_numpy(gt)}], [{"masks": torch.from_numpy(dt).float()[:, None]}])
+    ours = _mask_iou_pairs(overlaps, np.zeros(len(pair_dt), dtype=np.int64), pair_dt, pair_gt,
+                           dt_pixels[0][pair_dt], gt_pixels[0][pair_gt], crowd[pair_gt])
+    encode = [mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0).astype(np.uint8)))
+              for m in (dt, gt)]
+    expected = mask_utils.iou(encode[0], encode[1], crowd.astype(np.uint8))  # (D, G)
+    assert np.array_equal(ours, np.asarray(expected).ravel())
+    assert ours.max() == 1.0 and (ours > 0).sum() > 5
+
+
+@segm_warning
+def test_segm_hand_worked_hollow_square():
+    # GT: a 20x20 square with a 10x10 hole (300 px). Prediction: the filled square (400 px).
+    # Box IoU 1; mask IoU 300 / 400 = 0.75, a match at thresholds 0.5..0.75 only (6 of 10).
+    gt = {"masks": square(40, 40, 10, 10, 30, 30, hole=5)[None], "labels": torch.tensor([1]),
+          "boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0]])}
+    pred = {"masks": square(40, 40, 10, 10, 30, 30)[None], "labels": torch.tensor([1]),
+            "scores": torch.tensor([0.9]), "boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0]])}
+    assert coco_evaluate([gt], [pred])["AP"] == pytest.approx(1.0)  # boxes
+    segm = coco_evaluate([gt], [pred], iou_type="segm")
+    assert_same_stats(segm, oracle_segm([gt], [pred]))
+    assert segm["AP"] == pytest.approx(0.6, abs=1e-12)
+    assert segm["AP75"] == pytest.approx(1.0) and segm["APs"] == pytest.approx(0.6)
+    # as probabilities (D, 1, H, W) the same
+    probs = dict(pred, masks=pred["masks"][:, None].float() * 0.8)
+    assert coco_evaluate([gt], [probs], iou_type="segm") == segm
+
+
+@segm_warning
+def test_segm_area_is_the_mask_area():
+    # GT: a 40x40 square (medium by area, 1600 px); without an "area" field its size is the
+    # mask's. With "area" = 500 it is small. A detection's area is always its mask's: an
+    # unmatched 10x10 (small) detection ranked first is an FP for APs.
+    gt = {"masks": square(80, 80, 0, 0, 40, 40)[None], "labels": torch.tensor([1])}
+    pred = {"masks": torch.stack([square(80, 80, 70, 70, 80, 80), square(80, 80, 0, 0, 40, 40)]),
+            "labels": torch.tensor([1, 1]), "scores": torch.tensor([0.9, 0.5])}
+    ours = coco_evaluate([gt], [pred], iou_type="segm")
+    assert_same_stats(ours, oracle_segm([gt], [pred]))
+    assert ours["APs"] == -1.0 and ours["APm"] == pytest.approx(1.0)
+    small = dict(gt, area=torch.tensor([500.0]))
+    ours = coco_evaluate([small], [pred], iou_type="segm")
+    assert_same_stats(ours, oracle_segm([small], [pred]))
+    assert ours["APm"] == -1.0 and ours["APs"] == pytest.approx(0.5)
+
+
+@segm_warning
+def test_segm_crowd_and_empty():
+    person, crowd = square(60, 60, 0, 0, 10, 10), square(60, 60, 20, 20, 60, 60)
+    gt = {"masks": torch.stack([person, crowd]), "labels": torch.tensor([1, 1]),
+          "iscrowd": torch.tensor([0, 1])}
+    pred = {"masks": torch.stack([square(60, 60, 30, 30, 40, 40), person,
+                                  square(60, 60, 45, 25, 55, 35)]),
+            "labels": torch.tensor([1, 1, 1]), "scores": torch.tensor([0.9, 0.8, 0.7])}
+    ours = coco_evaluate([gt], [pred], iou_type="segm")
+    assert_same_stats(ours, oracle_segm([gt], [pred]))
+    assert ours["AP"] == pytest.approx(1.0) and ours["AR1"] == 0.0 and ours["AR10"] == 1.0
+    # no detection at all, and an image with nothing
+    empty_gt = {"masks": torch.zeros(0, 20, 30, dtype=torch.uint8),
+                "labels": torch.zeros(0, dtype=torch.int64)}
+    none = [{"masks": torch.zeros(0, *m.shape[1:]), "labels": torch.zeros(0, dtype=torch.int64),
+             "scores": torch.zeros(0)} for m in (gt["masks"], empty_gt["masks"])]
+    ours = coco_evaluate([gt, empty_gt], none, iou_type="segm")
+    assert_same_stats(ours, oracle_segm([gt, empty_gt], none))
+    assert ours["AP"] == 0.0 and ours["APl"] == -1.0
+    assert set(coco_evaluate([empty_gt], none[1:], iou_type="segm").values()) == {-1.0}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_segm_device_inputs(device):
+    targets, preds = random_segm_dataset(3)
+    moved = [[{k: v.to(device) for k, v in d.items()} for d in ds] for ds in (targets, preds)]
+    assert_same_stats(coco_evaluate(*moved, iou_type="segm"),
+                      coco_evaluate(targets, preds, iou_type="segm"), tol=0.0)
+
+
+def test_segm_bad_arguments():
+    targets, preds = random_segm_dataset(0, num_images=2)
+    bad = [dict(p, masks=torch.zeros(len(p["labels"]), 5, 5)) for p in preds]
+    with pytest.raises(ValueError, match=r"preds\[0\]\['masks'\] must be \("):
+        coco_evaluate(targets, bad, iou_type="segm")
+    bad = [dict(p, masks=torch.zeros(len(p["labels"]), 2, 5, 5)) for p in preds]
+    with pytest.raises(ValueError, match=r"preds\[0\]\['masks'\] must have shape \(N, H, W\)"):
+        coco_evaluate(targets, bad, iou_type="segm")
+    bad = [dict(t, labels=torch.cat([t["labels"], torch.tensor([1])])) for t in targets]
+    with pytest.raises(ValueError, match=r"targets\[0\]\['labels'\] must have shape"):
+        coco_evaluate(bad, preds, iou_type="segm")
