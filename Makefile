@@ -43,21 +43,24 @@ nbval: setup
 	$(BIN)/python -m pytest -p no:cacheprovider --nbval solutions -o testpaths=
 	$(BIN)/python -m pytest -p no:cacheprovider --nbval-lax notebooks -o testpaths=
 
-# CI budgets (COURSE_QUICK=1): the detectors the notebooks load are trained on fewer images for
-# fewer minutes (course_lib/recipes/detection.py), once, before the tests that use them.
+# CI budgets (COURSE_QUICK=1): the detectors and segmenters the notebooks load are trained on
+# fewer images for less time (course_lib/recipes/), once, before the tests that use them.
 test: setup lint
 	$(BIN)/course-build --check
 	COURSE_QUICK=1 $(BIN)/python -m course_lib.recipes.detection
+	COURSE_QUICK=1 $(BIN)/python -m course_lib.recipes.segmentation
 	COURSE_QUICK=1 $(MAKE) --no-print-directory unit nbval
 
 # Optional: pre-build the synthetic data caches (lessons build what they need on first use).
 data: setup
 	$(BIN)/python data_scripts/make_synthetic.py
 
-# Optional: train the detectors of lessons 02-04 once (full budgets, ~35 min on 2 cores);
-# otherwise each notebook trains what it needs the first time it runs and caches it.
+# Optional: train the detectors of lessons 02-04 (full budgets, ~35 min on 2 cores) and the
+# segmenters of lesson 07 (~9 min) once; otherwise each notebook trains what it needs the first
+# time it runs and caches it.
 checkpoints: setup
 	$(BIN)/python -m course_lib.recipes.detection
+	$(BIN)/python -m course_lib.recipes.segmentation
 
 bench: setup
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -447,6 +447,7 @@ def test_repo_notebooks_in_sync(capsys):
 @pytest.mark.parametrize("source", REPO_SOURCES, ids=[p.stem for p in REPO_SOURCES])
 def test_repo_exercise_stubs_raise_not_implemented(source):
     from course_lib.exercises import load_lesson
+    from course_lib.grading.child import PREAMBLE
 
     student = nbformat.read(REPO / "notebooks" / source.name, as_version=4)
     exercises = load_lesson(student.metadata["course"]["lesson"])
@@ -458,7 +459,7 @@ def test_repo_exercise_stubs_raise_not_implemented(source):
         (fn,) = [n for n in ast.parse(cell.source).body if isinstance(n, ast.FunctionDef)]
         assert fn.name in exercises, f"{fn.name} is not an exercise of the lesson"
         namespace = {}
-        exec("import math\nimport numpy as np\nimport torch", namespace)
+        exec(PREAMBLE, namespace)
         exec(compile(cell.source, f"{source.name}: {fn.name}", "exec"), namespace)
         kwargs = exercises[fn.name].inputs(exercises[fn.name].cases[0].kwargs)
         with pytest.raises(NotImplementedError):

@@ -30,6 +30,7 @@ LESSONS: dict[str, str] = {
     "04": "course_lib.exercises.lesson04",
     "05": "course_lib.exercises.lesson05",
     "06": "course_lib.exercises.lesson06",
+    "07": "course_lib.exercises.lesson07",
 }
 
 

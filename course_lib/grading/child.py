@@ -27,7 +27,8 @@ import torch
 from course_lib.exercises.core import to_plain
 from course_lib.grading import sandbox, transfer
 
-PREAMBLE = "import math\nimport numpy as np\nimport torch\n"
+# What an exercise cell may use without importing it (the lessons import these at the top).
+PREAMBLE = "import math\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\n"
 MAX_MESSAGE = 300
 _TORCH_PREFIX = re.compile(r"^\[enforce fail at [^]]*\] (err == 0\. )?")
 
