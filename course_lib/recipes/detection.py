@@ -32,8 +32,6 @@ their training times compare like the lecture's (84 h vs 8.75 h there).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -44,7 +42,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from course_lib.data import data_dir
 from course_lib.data.synthetic import SyntheticShapes
 from course_lib.data.transforms import RandomFlip
 from course_lib.device import get_device
@@ -56,6 +53,7 @@ from course_lib.models.rcnn import RCNN
 from course_lib.models.ssd import SSD
 from course_lib.models.yolo import YOLO
 from course_lib.proposals import selective_search
+from course_lib.recipes import cache
 from course_lib.train import History, fit, seed_everything, to_device
 
 TWO_STAGE = ("rcnn", "fast_rcnn", "faster_rcnn")
@@ -318,9 +316,7 @@ def evaluate(model: torch.nn.Module, recipe: Recipe, device: str = "auto",
 
 def checkpoint_path(recipe: Recipe) -> Path:
     """``data/checkpoints/<detector>_<hash of the recipe and CACHE_VERSION>.pt``."""
-    key = json.dumps({"version": CACHE_VERSION, **asdict(recipe)}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return data_dir() / "checkpoints" / f"{recipe.detector}_{digest}.pt"
+    return cache.checkpoint_path(recipe.detector, recipe, CACHE_VERSION)
 
 
 def load_or_train(detector: str, quick: bool | None = None, device: str = "auto",
@@ -344,29 +340,19 @@ def load_or_train(detector: str, quick: bool | None = None, device: str = "auto"
     path = checkpoint_path(recipe)
     dev = get_device(device)
     model = build_model(recipe)
-    if path.exists() and not retrain:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state["model"])
-            info = {**state["info"], "history": History(**state["info"]["history"]),
-                    "path": path}
-            print(f"Loaded the trained {detector} from {path.name} (trained for "
-                  f"{info['train_seconds'] / 60:.1f} min; mAP@0.5 on {recipe.num_test} held-out "
-                  f"scenes {info['metrics']['AP50']:.3f}).")
-            return model.to(dev).eval(), info
-        except Exception as error:  # a stale, corrupt or foreign file: train again
-            print(f"Cannot use {path} ({error}); training again.")
+    info = None if retrain else cache.load_cached(path, model)
+    if info is not None:
+        print(f"Loaded the trained {detector} from {path.name} (trained for "
+              f"{info['train_seconds'] / 60:.1f} min; mAP@0.5 on {recipe.num_test} held-out "
+              f"scenes {info['metrics']['AP50']:.3f}).")
+        return model.to(dev).eval(), info
     print(f"No trained {detector} in the cache: training it now, at most "
           f"{recipe.max_minutes:g} min on {recipe.num_train} scenes (once; cached in {path}).")
     model, history, seconds = train(recipe, device=device, progress=progress)
     metrics = evaluate(model, recipe, device=device)
-    info = {"recipe": asdict(recipe), "history": asdict(history), "train_seconds": seconds,
-            "metrics": metrics}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"model": model.cpu().state_dict(), "info": info}, tmp)
-    os.replace(tmp, path)
-    return model.to(dev).eval(), {**info, "history": history, "path": path}
+    info = cache.save_cached(path, model, {"recipe": asdict(recipe), "history": history,
+                                           "train_seconds": seconds, "metrics": metrics})
+    return model.to(dev).eval(), info
 
 
 def with_recipe(recipe: Recipe, **changes) -> Recipe:

@@ -33,8 +33,6 @@ per segmenter: what CI can afford. The full budgets are what the lesson and
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
 import os
 import time
@@ -45,13 +43,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from course_lib.data import data_dir
 from course_lib.data.synthetic import SHAPES, SyntheticShapes
 from course_lib.device import get_device
 from course_lib.losses import class_weights, dice_loss, pixel_cross_entropy
 from course_lib.models.conv_autoencoder import ConvAutoencoder
 from course_lib.models.fcn import FCN
 from course_lib.models.unet import UNet
+from course_lib.recipes import cache
 from course_lib.segmentation_metrics import SegmentationMeter
 from course_lib.train import History, fit, seed_everything
 
@@ -324,9 +322,7 @@ def evaluate(model: torch.nn.Module, recipe: Recipe, device: str = "auto",
 
 def checkpoint_path(recipe: Recipe) -> Path:
     """``data/checkpoints/seg_<segmenter>_<hash of the recipe and CACHE_VERSION>.pt``."""
-    key = json.dumps({"version": CACHE_VERSION, **asdict(recipe)}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return data_dir() / "checkpoints" / f"seg_{recipe.segmenter}_{digest}.pt"
+    return cache.checkpoint_path(f"seg_{recipe.segmenter}", recipe, CACHE_VERSION)
 
 
 def load_or_train(segmenter: str, quick: bool | None = None, device: str = "auto",
@@ -354,29 +350,19 @@ def load_or_train(segmenter: str, quick: bool | None = None, device: str = "auto
     path = checkpoint_path(recipe)
     dev = get_device(device)
     model = build_model(recipe)
-    if path.exists() and not retrain:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state["model"])
-            info = {**state["info"], "history": History(**state["info"]["history"]),
-                    "path": path}
-            print(f"Loaded the trained {segmenter} from {path.name} (trained for "
-                  f"{info['train_seconds']:.0f} s; mIoU on {recipe.num_test} held-out scenes "
-                  f"{info['metrics']['mean_iou']:.3f}).")
-            return model.to(dev).eval(), info
-        except Exception as error:  # a stale, corrupt or foreign file: train again
-            print(f"Cannot use {path} ({error}); training again.")
+    info = None if retrain else cache.load_cached(path, model)
+    if info is not None:
+        print(f"Loaded the trained {segmenter} from {path.name} (trained for "
+              f"{info['train_seconds']:.0f} s; mIoU on {recipe.num_test} held-out scenes "
+              f"{info['metrics']['mean_iou']:.3f}).")
+        return model.to(dev).eval(), info
     print(f"No trained {segmenter} in the cache: training it now, at most "
           f"{recipe.max_seconds:g} s on {recipe.num_train} scenes (once; cached in {path}).")
     model, history, seconds = train(recipe, device=device, progress=progress)
     metrics = evaluate(model, recipe, device=device)
-    info = {"recipe": asdict(recipe), "history": asdict(history), "train_seconds": seconds,
-            "metrics": metrics}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"model": model.cpu().state_dict(), "info": info}, tmp)
-    os.replace(tmp, path)
-    return model.to(dev).eval(), {**info, "history": history, "path": path}
+    info = cache.save_cached(path, model, {"recipe": asdict(recipe), "history": history,
+                                           "train_seconds": seconds, "metrics": metrics})
+    return model.to(dev).eval(), info
 
 
 def format_iou(metrics: dict) -> str:
