@@ -34,7 +34,7 @@ from course_lib.recipes.segmentation import (
     evaluate,
     imbalance_recipes,
     pixel_counts,
-    recipe_for,
+    target_recipe,
     tensors,
     train,
 )
@@ -79,7 +79,7 @@ def print_table(rows: list, rare: int | None = None) -> None:
 
 
 def bench_unet(quick: bool) -> tuple[bool, dict]:
-    recipe = recipe_for("unet", quick)
+    recipe = target_recipe("unet", quick)
     print(f"\n== U-Net: target mIoU >= {MIOU_TARGET} within {SECONDS_TARGET:g} s of training ==")
     print(f"   {recipe}")
     rows = []
@@ -96,7 +96,7 @@ def bench_fcn(quick: bool, unet: dict | None) -> bool:
     rows = []
     results = {}
     for name in ("autoencoder", "fcn32s", "fcn16s", "fcn8s"):
-        results[name] = run(recipe_for(name, quick), NAMES[name], rows)
+        results[name] = run(target_recipe(name, quick), NAMES[name], rows)
     if unet is not None:
         rows.append(("U-Net (above)", unet))
     print_table(rows)
@@ -110,7 +110,7 @@ def bench_fcn(quick: bool, unet: dict | None) -> bool:
 
 
 def bench_imbalance(quick: bool, rare: int, fraction: float, losses: list[str]) -> bool:
-    base = recipe_for("unet", quick)
+    base = target_recipe("unet", quick)
     recipes = imbalance_recipes(quick, rare, fraction, losses)
     recipe = next(iter(recipes.values()))
     train_labels = tensors(recipe, "train").tensors[1]

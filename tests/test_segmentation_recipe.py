@@ -12,9 +12,11 @@ from course_lib.recipes.segmentation import (
     build_model,
     checkpoint_path,
     evaluate,
+    imbalance_recipes,
     load_or_train,
     rare_subset,
     recipe_for,
+    target_recipe,
     tensors,
     with_recipe,
 )
@@ -60,10 +62,20 @@ def test_recipes_and_quick_mode(monkeypatch):
     assert recipe_for("unet") == segmentation.QUICK["unet"]
     monkeypatch.setenv("COURSE_QUICK", "0")
     assert recipe_for("unet") == segmentation.FULL["unet"]
-    # CI budgets: about 20 s per segmenter; the full ones: the benchmark's 60 s target
+    # CI budgets: about 20 s per segmenter; the lesson's: 4 min; the benchmark's: its 60 s target
     for name in SEGMENTERS:
         assert segmentation.QUICK[name].max_seconds <= 25
-        assert segmentation.FULL[name].max_seconds <= 60
+        assert segmentation.FULL[name].max_seconds <= 240
+        target = target_recipe(name, quick=False)
+        assert target.max_seconds == segmentation.TARGET_SECONDS == 60
+        assert with_recipe(target, epochs=segmentation.FULL[name].epochs,
+                           max_seconds=240) == segmentation.FULL[name]
+        assert target_recipe(name, quick=True) == segmentation.QUICK[name]
+    # the imbalance runs: the one-minute U-Net, one class made rare, one recipe per loss
+    runs = imbalance_recipes(quick=True)
+    assert set(runs) == {"ce", "weighted_ce", "dice"}
+    assert {with_recipe(r, loss="ce") for r in runs.values()} == {runs["ce"]}
+    assert runs["ce"].rare_class == segmentation.RARE_CLASS
     # the FCN variants train on the same data with the same budget
     fcns = [segmentation.FULL[f"fcn{v}"] for v in ("32s", "16s", "8s")]
     assert len({with_recipe(r, segmenter="unet") for r in fcns}) == 1
