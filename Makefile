@@ -49,18 +49,20 @@ test: setup lint
 	$(BIN)/course-build --check
 	COURSE_QUICK=1 $(BIN)/python -m course_lib.recipes.detection
 	COURSE_QUICK=1 $(BIN)/python -m course_lib.recipes.segmentation
+	COURSE_QUICK=1 $(BIN)/python -m course_lib.recipes.instance
 	COURSE_QUICK=1 $(MAKE) --no-print-directory unit nbval
 
 # Optional: pre-build the synthetic data caches (lessons build what they need on first use).
 data: setup
 	$(BIN)/python data_scripts/make_synthetic.py
 
-# Optional: train the detectors of lessons 02-04 (full budgets, ~35 min on 2 cores) and the
-# segmenters of lesson 07 (~9 min) once; otherwise each notebook trains what it needs the first
-# time it runs and caches it.
+# Optional: train the detectors of lessons 02-04 (full budgets, ~35 min on 2 cores), the
+# segmenters of lesson 07 (~9 min) and lesson 08's Mask R-CNN (10 min) once; otherwise each
+# notebook trains what it needs the first time it runs and caches it.
 checkpoints: setup
 	$(BIN)/python -m course_lib.recipes.detection
 	$(BIN)/python -m course_lib.recipes.segmentation
+	$(BIN)/python -m course_lib.recipes.instance
 
 bench: setup
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -45,10 +45,14 @@ from course_lib.train import seed_everything
 MAP_TARGET, MINUTES_TARGET, RECALL_TARGET, TORCHVISION_MARGIN = 0.90, 5.0, 0.90, 0.03
 
 
-def torchvision_faster_rcnn(ours) -> TorchvisionFasterRCNN:
-    """The torchvision Faster R-CNN with every setting of our ``FasterRCNN`` ``ours``."""
+def torchvision_faster_rcnn(ours, cls=TorchvisionFasterRCNN, **extra) -> TorchvisionFasterRCNN:
+    """The torchvision Faster R-CNN with every setting of our ``FasterRCNN`` ``ours``.
+
+    ``cls`` and ``extra``: another torchvision class built on Faster R-CNN's arguments, and
+    its own (``MaskRCNN`` and its mask head, for ``bench_mask_rcnn.py``).
+    """
     rpn, channels = ours.rpn, ours.backbone.out_channels
-    return TorchvisionFasterRCNN(
+    return cls(
         TinyBackbone(), num_classes=None,
         min_size=ours.image_size, max_size=ours.image_size,  # no resizing
         image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],  # no normalisation
@@ -63,7 +67,7 @@ def torchvision_faster_rcnn(ours) -> TorchvisionFasterRCNN:
         box_batch_size_per_image=ours.box_batch_size_per_image,
         box_positive_fraction=ours.box_positive_fraction,
         box_score_thresh=ours.box_score_thresh, box_nms_thresh=ours.box_nms_thresh,
-        box_detections_per_img=ours.box_detections_per_img,
+        box_detections_per_img=ours.box_detections_per_img, **extra,
     )
 
 

@@ -324,3 +324,88 @@ def _binary(masks: Tensor, name: str) -> Tensor:
         raise ValueError(f"{name} must have shape (N, H, W) or (N, 1, H, W), got "
                          f"{tuple(masks.shape)}")
     return masks > 0.5 if masks.is_floating_point() else masks != 0
+
+
+# ----------------------------------------------------------------------------- instance maps
+
+
+def owner_map(masks: Tensor, scores: Tensor) -> Tensor:
+    """The instance that owns each pixel: the best-scoring one covering it (first on ties).
+
+    Args:
+        masks (Tensor[N, H, W] bool): the instances' masks.
+        scores (Tensor[N]): their scores.
+
+    Returns:
+        Tensor[H, W] int64: the index in ``masks`` of each pixel's owner, -1 where none is.
+    """
+    if masks.shape[0] == 0:
+        return torch.full(masks.shape[1:], -1, dtype=torch.int64, device=masks.device)
+    order = torch.argsort(scores, descending=True, stable=True)  # (N,) best first
+    covered = masks[order].bool()  # (N, H, W), best first
+    first = covered.to(torch.uint8).argmax(dim=0)  # (H, W): the first (best) mask covering it
+    owner = order[first]  # position in the order -> index in masks
+    return torch.where(covered.any(dim=0), owner, -1)
+
+
+def semantic_from_owners(owner: Tensor, labels: Tensor) -> Tensor:
+    """The label of each pixel's owner (``owner`` from :func:`owner_map`), 0 where it has none."""
+    table = torch.cat([labels.to(torch.int64), labels.new_zeros(1, dtype=torch.int64)])  # (N+1,)
+    return table[owner]  # owner -1 picks the last entry: 0
+
+
+def semantic_from_instances(masks: Tensor, scores: Tensor, labels: Tensor) -> Tensor:
+    """A semantic label map from instance masks: the best-scoring instance labels each pixel.
+
+    Each pixel gets the label of the instance with the highest score among those whose mask
+    covers it (on equal scores, the first one), and 0 (background) where no mask covers it.
+    What is lost on the way is the point of instance segmentation: two touching objects of
+    one class become one region.
+
+    Args:
+        masks (Tensor[N, H, W]): bool/uint8 masks, or float probabilities (object where
+            ``> 0.5``).
+        scores (Tensor[N]): the instances' scores.
+        labels (Tensor[N] int64): their classes.
+
+    Returns:
+        Tensor[H, W] int64: the class of every pixel, 0 where no instance is.
+
+    Raises:
+        ValueError: if ``masks`` is not (N, H, W) or ``scores``/``labels`` do not have N
+            entries.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"masks must have shape (N, H, W), got {tuple(masks.shape)}")
+    num = masks.shape[0]
+    for name, values in (("scores", scores), ("labels", labels)):
+        if values.shape != (num,):
+            raise ValueError(f"{name} must have shape ({num},) like masks, got "
+                             f"{tuple(values.shape)}")
+    binary = masks > 0.5 if masks.is_floating_point() else masks != 0
+    return semantic_from_owners(owner_map(binary, scores), labels)
+
+
+def panoptic_from_target(target: dict, stuff_classes: Iterable[int] = (0,)
+                         ) -> tuple[Tensor, list[dict]]:
+    """The ground-truth panoptic segmentation of an annotated image.
+
+    Every annotated object is a thing segment (its mask; where masks overlap, the object listed
+    first keeps the pixel), and the free pixels of each stuff class of the semantic map are one
+    stuff segment. For the course's synthetic scenes, whose only amorphous region is the
+    background, ``stuff_classes=(0,)`` makes the background the one stuff category. That is
+    :func:`panoptic_merge` keeping every object (equal scores, ``overlap_threshold=1``) and
+    every stuff region (``min_area=0``).
+
+    Args:
+        target: ``"masks"`` (Tensor[G, H, W]), ``"labels"`` (Tensor[G]) and ``"semantic"``
+            (Tensor[H, W]), as :class:`~course_lib.data.synthetic.SyntheticShapes` gives.
+        stuff_classes: the semantic classes that are stuff.
+
+    Returns:
+        ``(panoptic, segments)`` as :func:`panoptic_merge` returns them.
+    """
+    masks, labels = target["masks"], target["labels"]
+    instances = {"masks": masks, "scores": torch.ones(len(labels)), "labels": labels}
+    return panoptic_merge(target["semantic"], instances, stuff_classes, overlap_threshold=1.0,
+                          min_area=0)

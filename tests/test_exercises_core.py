@@ -103,7 +103,7 @@ class RiggedInt(int):
 
 
 @pytest.mark.parametrize("value, word", [
-    ({"a": 1}, "dict"),
+    ({(1, 2): 3}, "key of type tuple"),
     (np.array([1, None], dtype=object), "object array"),
     (RiggedInt(3), "RiggedInt"),
     ((1, {2}), "set"),
@@ -210,7 +210,7 @@ def test_run_case_failure_shows_reason_input_expected_and_got():
 @pytest.mark.parametrize("fn, status, message", [
     (not_implemented, "not_implemented", "not implemented yet"),
     (crashes, "error", "RuntimeError: boom"),
-    (lambda x: {"x": x}, "error", "TypeError: returned a dict"),
+    (lambda x: {"x": {1, 2}}, "error", "TypeError: returned a set"),
 ])
 def test_run_case_not_implemented_and_errors(fn, status, message):
     result = run_case(fn, EXERCISE, EXERCISE.cases[0])

@@ -10,7 +10,13 @@ import math
 import pytest
 import torch
 
-from course_lib.panoptic import panoptic_merge, panoptic_quality
+from course_lib.panoptic import (
+    owner_map,
+    panoptic_from_target,
+    panoptic_merge,
+    panoptic_quality,
+    semantic_from_instances,
+)
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 THINGS, STUFF = (1, 2, 3), (4, 5)
@@ -368,3 +374,51 @@ def test_merge_empty_and_errors():
         panoptic_merge(semantic, none, [4], overlap_threshold=1.5)
     with pytest.raises(ValueError, match=r"instance labels \[4\] are also in stuff_classes"):
         panoptic_merge(semantic, dict(empty_mask, labels=torch.tensor([4])), [4])
+
+
+# ----------------------------------------------------------------------------- ground truth
+
+
+def test_panoptic_from_target_makes_things_and_the_background_stuff():
+    """Two objects (the first listed keeps their overlap) and the background as stuff 0."""
+    masks = torch.zeros(2, 4, 5, dtype=torch.uint8)
+    masks[0, 0:2, 0:2] = 1
+    masks[1, 1:3, 1:4] = 1  # overlaps object 0 at pixel (1, 1)
+    semantic = torch.zeros(4, 5, dtype=torch.int64)
+    semantic[masks[1].bool()] = 3
+    semantic[masks[0].bool()] = 2
+    target = {"masks": masks, "labels": torch.tensor([2, 3]), "semantic": semantic}
+    panoptic, segments = panoptic_from_target(target)
+    expected = torch.tensor([[1, 1, 3, 3, 3],
+                             [1, 1, 2, 2, 3],
+                             [3, 2, 2, 2, 3],
+                             [3, 3, 3, 3, 3]])
+    assert torch.equal(panoptic, expected)
+    assert segments == [
+        {"id": 1, "category_id": 2, "isthing": True, "area": 4},
+        {"id": 2, "category_id": 3, "isthing": True, "area": 5},
+        {"id": 3, "category_id": 0, "isthing": False, "area": 11},
+    ]
+    perfect = panoptic_quality((panoptic, segments), (panoptic, segments))
+    assert perfect["PQ"] == 1.0 and perfect["n_th"] == 2 and perfect["n_st"] == 1
+    # without stuff classes the background is void
+    void, things_only = panoptic_from_target(target, stuff_classes=())
+    assert int((void == 0).sum()) == 11 and len(things_only) == 2
+
+
+def test_semantic_from_instances_loses_the_identity_of_touching_objects():
+    masks = torch.zeros(3, 4, 6, dtype=torch.uint8)
+    masks[0, :, 0:3] = 1
+    masks[1, :, 3:6] = 1  # touches object 0, same class
+    masks[2, 1:3, 2:4] = 1  # on top of both, better score, another class
+    scores, labels = torch.tensor([0.9, 0.8, 0.95]), torch.tensor([1, 1, 2])
+    semantic = semantic_from_instances(masks, scores, labels)
+    owners = owner_map(masks.bool(), scores)
+    assert torch.equal(semantic, torch.tensor([[1, 1, 1, 1, 1, 1],
+                                               [1, 1, 2, 2, 1, 1],
+                                               [1, 1, 2, 2, 1, 1],
+                                               [1, 1, 1, 1, 1, 1]]))
+    assert torch.equal(owners[0], torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert torch.equal(owners[1], torch.tensor([0, 0, 2, 2, 1, 1]))
+    assert torch.equal(owner_map(torch.zeros(0, 2, 3, dtype=torch.bool), torch.zeros(0)),
+                       torch.full((2, 3), -1))

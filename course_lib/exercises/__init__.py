@@ -31,6 +31,7 @@ LESSONS: dict[str, str] = {
     "05": "course_lib.exercises.lesson05",
     "06": "course_lib.exercises.lesson06",
     "07": "course_lib.exercises.lesson07",
+    "08": "course_lib.exercises.lesson08",
 }
 
 

@@ -6,8 +6,9 @@ reference it is graded against), the reference itself, a table of small readable
 fresh random inputs that the grader draws at grading time.
 
 Values that cross the protocol are *plain*: tensors become ``numpy.ndarray``, Python scalars
-stay scalars, tuples stay tuples. Comparison happens on plain values only, so an object with a
-rigged ``__eq__`` never takes part in a verdict.
+stay scalars, tuples stay tuples, and a dict becomes the tuple of its ``(key, value)`` pairs in
+key order (so a function that returns a dict of metrics can be graded too). Comparison happens on
+plain values only, so an object with a rigged ``__eq__`` never takes part in a verdict.
 """
 
 from __future__ import annotations
@@ -144,9 +145,15 @@ def clone_kwargs(kwargs: Mapping[str, Any], device: str | torch.device = "cpu") 
 def to_plain(value: Any) -> Plain:
     """Convert an exercise output to plain data: tensors to NumPy arrays, tuples stay tuples.
 
+    A dict with ``str`` or ``int`` keys becomes the tuple of its ``(key, plain value)`` pairs,
+    sorted by key (ints first), so two dicts agree whatever their insertion order, and the
+    result crosses to the grader like any tuple: ``{"b": 1, "a": x}`` ->
+    ``(("a", plain(x)), ("b", 1))``.
+
     Raises:
-        TypeError: for anything that is not a tensor, array, number, string, ``None`` or a
-            tuple/list of those, naming the type that was found.
+        TypeError: for anything that is not a tensor, array, number, string, ``None``, a
+            tuple/list of those or a dict of those with ``str``/``int`` keys, naming the type
+            that was found.
     """
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy().copy()
@@ -160,20 +167,72 @@ def to_plain(value: Any) -> Plain:
         return value
     if type(value) in (tuple, list):
         return tuple(to_plain(v) for v in value)
+    if type(value) is dict:
+        items = [(_plain_key(k), to_plain(v)) for k, v in value.items()]
+        return tuple(sorted(items, key=lambda item: _key_order(item[0])))
     raise TypeError(
         f"returned a {type(value).__name__}; expected a Tensor, a number or a tuple of those"
     )
+
+
+def _plain_key(key: Any) -> str | int:
+    """A dict key of an output: ``str`` or ``int`` (NumPy integers become ``int``)."""
+    if type(key) in (str, int):
+        return key
+    if isinstance(key, np.integer):
+        return int(key)
+    raise TypeError(f"returned a dict with a key of type {type(key).__name__}; "
+                    "expected str or int keys")
+
+
+def _key_order(key: str | int) -> tuple[bool, str | int]:
+    return isinstance(key, str), key
+
+
+def _dict_keys(value: Any) -> list[str | int] | None:
+    """The keys of a dict made plain by :func:`to_plain`, or ``None`` for any other value."""
+    if not isinstance(value, tuple) or not value or not all(
+            isinstance(item, tuple) and len(item) == 2 and type(item[0]) in (str, int)
+            for item in value):
+        return None
+    order = [_key_order(k) for k, _ in value]
+    if any(a >= b for a, b in zip(order, order[1:], strict=False)):
+        return None
+    return [k for k, _ in value]
+
+
+def _type_name(value: Any) -> str:
+    return "dict" if _dict_keys(value) is not None else type(value).__name__
 
 
 def compare(got: Plain, expected: Plain, atol: float = 1e-5, rtol: float = 1e-5,
             exact: bool = False) -> str | None:
     """Compare two plain values.
 
+    Dicts (tuples of ``(key, value)`` pairs, see :func:`to_plain`) agree when they have the
+    same keys and their values agree; the reason names the keys (``"['per_class'][3]['FP']:
+    1 != expected 0"``).
+
     Returns:
         ``None`` when they agree, else a short reason (``"shape (3,) != expected (2,)"``).
     """
+    keys, got_keys = _dict_keys(expected), _dict_keys(got)
+    if keys is not None and got_keys is not None:
+        if got_keys != keys:
+            missing = [k for k in keys if k not in got_keys]
+            unexpected = [k for k in got_keys if k not in keys]
+            return "keys differ: " + "; ".join(
+                f"{what} {', '.join(map(repr, ks))}" for what, ks in
+                (("missing", missing), ("unexpected", unexpected)) if ks)
+        for key, (_, g), (_, e) in zip(keys, got, expected, strict=True):
+            reason = compare(g, e, atol, rtol, exact)
+            if reason is not None:
+                return f"[{key!r}]" + (reason if reason.startswith("[") else f": {reason}")
+        return None
     if isinstance(expected, tuple):
         if not isinstance(got, tuple):
+            if keys is not None:
+                return f"returned {_type_name(got)}; expected a dict with keys {keys}"
             return f"returned a single value; expected a tuple of {len(expected)}"
         if len(got) != len(expected):
             return f"returned a tuple of {len(got)}; expected {len(expected)}"
@@ -184,7 +243,7 @@ def compare(got: Plain, expected: Plain, atol: float = 1e-5, rtol: float = 1e-5,
         return None
     if isinstance(expected, np.ndarray):
         if not isinstance(got, np.ndarray):
-            return f"returned {type(got).__name__}; expected a Tensor of shape {expected.shape}"
+            return f"returned {_type_name(got)}; expected a Tensor of shape {expected.shape}"
         if got.shape != expected.shape:
             return f"shape {tuple(got.shape)} != expected {tuple(expected.shape)}"
         if exact or expected.dtype.kind in "iub":
@@ -206,7 +265,7 @@ def compare(got: Plain, expected: Plain, atol: float = 1e-5, rtol: float = 1e-5,
         if isinstance(got, np.ndarray) and got.size == 1:
             got = got.item()
         if not isinstance(got, (bool, int, float)):
-            return f"returned {type(got).__name__}; expected a number"
+            return f"returned {_type_name(got)}; expected a number"
         if math.isnan(expected) and math.isnan(got):
             return None
         if not math.isclose(got, expected, rel_tol=rtol, abs_tol=atol):
@@ -225,6 +284,8 @@ def shorten(value: Any, limit: int = 160) -> str:
         with np.printoptions(precision=4, suppress=True, threshold=24, edgeitems=3):
             text = np.array2string(value, separator=", ")
         text = f"{text} (shape {tuple(value.shape)})" if value.ndim > 1 else text
+    elif _dict_keys(value) is not None:
+        text = "{" + ", ".join(f"{k!r}: {shorten(v, limit)}" for k, v in value) + "}"
     elif isinstance(value, tuple):
         text = "(" + ", ".join(shorten(v, limit) for v in value) + ")"
     else:

@@ -87,7 +87,8 @@ def sample_proposals(
     positive_fraction: float = 0.25,
     add_gt_boxes: bool = True,
     generator: torch.Generator | None = None,
-) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    return_matched: bool = False,
+) -> tuple[list[Tensor], ...]:
     """The regions the second stage trains on, their classes and their regression targets.
 
     For each image: add the GT boxes to the proposals (so that early in training, when the
@@ -102,16 +103,20 @@ def sample_proposals(
         positive_fraction: largest fraction of foreground regions in an image's sample.
         add_gt_boxes: append the GT boxes to the proposals first.
         generator: random number generator for the sampling.
+        return_matched: also return, per image, the index of each sampled region's GT box
+            (Mask R-CNN cuts the mask target of a region out of that object's mask).
 
     Returns:
         three lists of B tensors: the sampled regions ``Tensor[S, 4]``, their labels
         ``Tensor[S]`` (0..C) and their regression targets ``Tensor[S, 4]`` (the deltas from
-        the region to its GT box; meaningless for background regions, which the loss skips).
+        the region to its GT box; meaningless for background regions, which the loss skips);
+        with ``return_matched``, a fourth list: ``Tensor[S]`` int64 GT indices (0 for the
+        regions of an image without GT).
     """
     if len(proposals) != len(targets):
         raise ValueError(f"need one target per image: {len(proposals)} proposal tensors, "
                          f"{len(targets)} targets")
-    regions, labels, deltas = [], [], []
+    regions, labels, deltas, matched = [], [], [], []
     for image_proposals, target in zip(proposals, targets, strict=True):
         gt_boxes = target["boxes"].to(image_proposals.dtype)
         if add_gt_boxes:
@@ -124,11 +129,14 @@ def sample_proposals(
         keep = torch.where(pos | neg)[0]  # (S,)
         regions.append(image_proposals[keep])
         labels.append(image_labels[keep])
+        matched.append(matched_gt[keep])
         if gt_boxes.shape[0] == 0:  # background image: nothing to regress to
             deltas.append(torch.zeros_like(image_proposals[keep]))
         else:
             deltas.append(encode_boxes(gt_boxes[matched_gt[keep]], image_proposals[keep],
                                        BOX_WEIGHTS))
+    if return_matched:
+        return regions, labels, deltas, matched
     return regions, labels, deltas
 
 

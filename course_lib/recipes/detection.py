@@ -242,7 +242,8 @@ def compute_losses(model: torch.nn.Module, batch: tuple) -> dict[str, torch.Tens
 
 
 def train(recipe: Recipe, device: str = "auto", progress: bool = True,
-          model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, History, float]:
+          model: torch.nn.Module | None = None, data: Dataset | None = None
+          ) -> tuple[torch.nn.Module, History, float]:
     """Train a detector from scratch with ``recipe``.
 
     Args:
@@ -252,13 +253,15 @@ def train(recipe: Recipe, device: str = "auto", progress: bool = True,
         model: train this model instead of ``build_model(recipe)`` (built after seeding), e.g.
             torchvision's ``FasterRCNN`` with the same backbone, for a comparison. It must
             follow the recipe detector's calling convention.
+        data: train on these ``(image, target)`` pairs instead of the recipe's scenes (e.g.
+            Penn-Fudan, resized to the recipe's image size); ``num_train`` is then unused.
 
     Returns:
         The model (eval mode), its training history and the training time in seconds (the
         data and proposal caches are built before the clock starts).
     """
     seed_everything(recipe.seed)
-    data = data_for(recipe, "train")
+    data = data_for(recipe, "train") if data is None else data
     loader = DataLoader(data, batch_size=recipe.batch_size, shuffle=True, collate_fn=collate,
                         drop_last=True)
     model = build_model(recipe) if model is None else model

@@ -8,6 +8,7 @@ reverse.
 
 from course_lib.widgets.anchor_explorer import AnchorExplorer, anchor_explorer
 from course_lib.widgets.default_box_explorer import DefaultBoxExplorer, default_box_explorer
+from course_lib.widgets.instance_explorer import InstanceExplorer, instance_explorer
 from course_lib.widgets.iou_explorer import IoUExplorer, iou_explorer, iou_quality
 from course_lib.widgets.nms_stepper import NMSStepper, nms_stepper
 from course_lib.widgets.pr_curve_builder import PRCurveBuilder, pr_curve_builder
@@ -34,4 +35,5 @@ __all__ = [
     "AnchorExplorer", "anchor_explorer",
     "YOLOGridExplorer", "yolo_grid_explorer", "DefaultBoxExplorer", "default_box_explorer",
     "SegmentationExplorer", "segmentation_explorer",
+    "InstanceExplorer", "instance_explorer",
 ]
