@@ -28,6 +28,13 @@ Command line (``make build`` runs the first form)::
     course-build                  # write notebooks/ from solutions/ (only what changed)
     course-build --check          # write nothing; exit 1 when notebooks/ is out of date
     course-build 05_iou_nms_map   # build one notebook
+    course-build --verify         # grade every solution (full marks) and student notebook (0)
+
+``--verify`` (:func:`verify_lessons`) grades each lesson's solution and student notebook with
+the batch grader (:func:`course_lib.grading.runner.grade_notebook`, on CPU, a fixed seed) and
+exits 1 unless every solution gets full marks and every student notebook gets 0 with every
+exercise ``not_implemented`` (a stub that crashes, or returns something, is a build problem);
+it writes nothing and also fails when a student notebook is missing or stale.
 """
 
 from __future__ import annotations
@@ -36,9 +43,12 @@ import argparse
 import ast
 import copy
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from nbformat import NotebookNode
@@ -308,6 +318,180 @@ def build_all(solutions_dir: str | Path, notebooks_dir: str | Path, check: bool 
 
 
 # ---------------------------------------------------------------------------------------------
+# --verify: the grader gives every solution full marks and every student notebook zero
+# ---------------------------------------------------------------------------------------------
+
+VERIFY_SEED = 0  # the hidden random cases are the same on every run
+VERIFY_RANDOM = 2  # hidden random cases per exercise, on top of the visible ones
+VERIFY_TIMEOUT = 120.0  # seconds per exercise: generous, a busy machine must not fail the check
+
+
+@dataclass
+class LessonCheck:
+    """The grader's verdict on one lesson's solution and student notebook."""
+
+    name: str  # the notebook's file name, e.g. 05_iou_nms_map.ipynb
+    solution: dict[str, Any] | None = None  # grade_notebook's report, None if not graded
+    student: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Whether the solution gets full marks and the student notebook zero."""
+        return not self.problems
+
+
+def verify_problems(name: str, solution: dict[str, Any] | None,
+                    student: dict[str, Any] | None) -> list[str]:
+    """What is wrong with a lesson's grades, one line each (empty: all is well).
+
+    Args:
+        name: the notebook's file name (``05_iou_nms_map.ipynb``); its first two characters
+            are the lesson id the notebooks must be registered under.
+        solution: the grader's report of ``solutions/<name>`` (``None``: not graded).
+        student: the grader's report of ``notebooks/<name>`` (``None``: not graded).
+
+    Returns:
+        Problems: the solution not getting full marks (per exercise, with the grader's first
+        feedback line), the student notebook scoring above 0 or an exercise of it not being
+        ``not_implemented`` (it crashed, timed out or returned something), either one not
+        gradable, or registered under another lesson.
+    """
+    problems = []
+    for what, report in (("solution", solution), ("student notebook", student)):
+        if report is None:
+            continue
+        if report["error"]:
+            problems.append(f"{name}: the {what} could not be graded: {report['error']}")
+            continue
+        if report["lesson"] != name[:2]:
+            problems.append(f"{name}: the {what} is registered as lesson {report['lesson']!r}, "
+                            f"expected {name[:2]!r} (metadata course.lesson)")
+        if report["max_score"] <= 0:
+            problems.append(f"{name}: the {what} has no graded exercise (max score 0)")
+        for e in report["exercises"]:
+            first = str(e.get("feedback", "")).strip().split("\n")[0][:200]
+            score = f"{e['score']:g}/{e['max_score']:g}"
+            if what == "solution" and e["status"] != "passed":
+                problems.append(f"{name}: solution {e['name']} is {e['status']} ({score}), "
+                                f"expected passed: {first}")
+            elif what != "solution" and e["status"] != "not_implemented":
+                problems.append(f"{name}: student stub {e['name']} is {e['status']} ({score}), "
+                                f"expected not_implemented (NotImplementedError): {first}")
+        if what == "solution" and report["score"] != report["max_score"]:
+            problems.append(f"{name}: the solution scores {report['score']:g}/"
+                            f"{report['max_score']:g}, expected full marks")
+        if what != "solution" and report["score"] != 0:
+            problems.append(f"{name}: the student notebook scores {report['score']:g}/"
+                            f"{report['max_score']:g}, expected 0")
+    return list(dict.fromkeys(problems))  # in order, without repeats
+
+
+def verify_lessons(solutions_dir: str | Path, notebooks_dir: str | Path,
+                   only: Iterable[str] | None = None, jobs: int = 1,
+                   on_check: Callable[[LessonCheck], None] | None = None) -> list[LessonCheck]:
+    """Grade every lesson's solution and student notebook; see :func:`verify_problems`.
+
+    Grading runs the student code in the grader's sandbox on CPU, ``VERIFY_RANDOM`` hidden
+    cases per exercise drawn with ``VERIFY_SEED``. A student notebook that is missing or stale
+    (not what the build writes from its solution) is a problem too.
+
+    Args:
+        solutions_dir: the source notebooks.
+        notebooks_dir: the student notebooks.
+        only: just these notebooks (as for :func:`build_all`).
+        jobs: notebooks graded at the same time (each child process needs about 1 GB).
+        on_check: called with each lesson's result as soon as it is known.
+
+    Returns:
+        One :class:`LessonCheck` per source notebook, in name order.
+
+    Raises:
+        BuildError: if a source notebook does not build (nothing is graded then).
+    """
+    from course_lib.grading.runner import grade_notebook  # imports torch: only when verifying
+
+    solutions_dir, notebooks_dir = Path(solutions_dir), Path(notebooks_dir)
+    sync = build_all(solutions_dir, notebooks_dir, check=True, only=only)
+    names = sorted(p.name for p in sync.unchanged + sync.stale + sync.missing)
+    checks = {name: LessonCheck(name) for name in names}
+    for path in sync.stale:
+        checks[path.name].problems.append(f"{path.name}: the student notebook is stale (not what "
+                                          f"its solution builds): run `make build`")
+    for path in sync.missing:
+        checks[path.name].problems.append(f"{path.name}: no student notebook: run `make build`")
+
+    def grade(name: str) -> LessonCheck:
+        check, start = checks[name], time.monotonic()
+        check.solution = grade_notebook(solutions_dir / name, device="cpu",
+                                        timeout=VERIFY_TIMEOUT, seed=VERIFY_SEED,
+                                        num_random=VERIFY_RANDOM)
+        if (notebooks_dir / name).is_file():
+            check.student = grade_notebook(notebooks_dir / name, device="cpu",
+                                           timeout=VERIFY_TIMEOUT, seed=VERIFY_SEED,
+                                           num_random=VERIFY_RANDOM)
+        check.problems += verify_problems(name, check.solution, check.student)
+        check.seconds = time.monotonic() - start
+        if on_check is not None:
+            on_check(check)
+        return check
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(grade, names))
+
+
+def verify_table(checks: list[LessonCheck]) -> str:
+    """A fixed-width table: lesson, solution score, student score, seconds, verdict."""
+    def score(report: dict[str, Any] | None) -> str:
+        if report is None:
+            return "-"
+        return "not graded" if report["error"] else (f"{report['score']:g}/"
+                                                      f"{report['max_score']:g}")
+
+    rows = [["notebook", "solution", "student", "seconds", "verdict"]]
+    rows += [[c.name, score(c.solution), score(c.student), f"{c.seconds:.0f}",
+              "ok" if c.ok else "FAIL"] for c in checks]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def _verify_main(solutions: Path, notebooks: Path, only: list[str] | None, jobs: int) -> int:
+    def progress(check: LessonCheck) -> None:
+        print(f"{check.name}: {'ok' if check.ok else 'FAIL'} ({check.seconds:.0f} s)", flush=True)
+
+    start = time.monotonic()
+    try:
+        checks = verify_lessons(solutions, notebooks, only=only, jobs=jobs, on_check=progress)
+    except BuildError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        print(f"course-build --verify: {len(err.problems)} problem(s) in the sources",
+              file=sys.stderr)
+        return 2
+    print()
+    print(verify_table(checks))
+    failed = [c for c in checks if not c.ok]
+    for check in failed:
+        for problem in check.problems:
+            print(f"FAIL {problem}", file=sys.stderr)
+    took = f"in {time.monotonic() - start:.0f} s"
+    if not checks:
+        print(f"course-build --verify: no source notebook in {_show(solutions)}", file=sys.stderr)
+        return 1
+    if failed:
+        print(f"course-build --verify: {len(failed)} of {len(checks)} lesson(s) failed {took}: "
+              f"every solution must get full marks, every student notebook 0 "
+              f"(not_implemented)", file=sys.stderr)
+        return 1
+    print(f"course-build --verify: {len(checks)} lesson(s) ok {took}: solutions get full "
+          f"marks, student notebooks 0")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
 
@@ -319,7 +503,11 @@ def find_repo_root(start: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``course-build``; returns the exit status (0 ok, 1 out of date, 2 error)."""
+    """Entry point of ``course-build``; returns the exit status.
+
+    0: done (or in sync, or verified); 1: ``--check`` found notebooks out of date, or
+    ``--verify`` found a lesson whose grades are wrong; 2: a source does not build.
+    """
     parser = argparse.ArgumentParser(
         prog="course-build",
         description="Write the student notebooks (notebooks/) from the solution notebooks "
@@ -327,9 +515,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks_only", nargs="*", metavar="NOTEBOOK",
                         help="build only these (a name like 05_iou_nms_map or a path); "
                              "default: every solutions/*.ipynb")
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 when a student notebook is missing, stale "
-                             "or has no source")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="write nothing; exit 1 when a student notebook is missing, stale "
+                           "or has no source")
+    mode.add_argument("--verify", action="store_true",
+                      help="write nothing; grade every solution and student notebook (CPU, "
+                           "fixed seed) and exit 1 unless each solution gets full marks and "
+                           "each student notebook 0 (minutes: one process per exercise)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="with --verify: notebooks graded at the same time (default: 1; "
+                             "~1 GB each)")
     parser.add_argument("--solutions", type=Path, metavar="DIR",
                         help="the source notebooks (default: solutions/ in the repo root)")
     parser.add_argument("--notebooks", type=Path, metavar="DIR",
@@ -338,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     root = find_repo_root()
     solutions = args.solutions or root / "solutions"
     notebooks = args.notebooks or root / "notebooks"
+    if args.verify:
+        return _verify_main(solutions, notebooks, args.notebooks_only or None, args.jobs)
 
     try:
         report = build_all(solutions, notebooks, check=args.check,

@@ -118,3 +118,18 @@ def test_the_benchmark_builds_torchvision_twin_with_our_settings():
     with torch.no_grad():
         out = theirs(list(images))
     assert out[0]["masks"].shape[1:] == (1, 128, 128)
+
+
+def test_the_benchmark_reports_penn_fudan_when_present_and_says_why_when_not(
+        monkeypatch, tmp_path, capsys):
+    bench = load_bench()
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    recipe = with_recipe(TINY, batch_size=1)
+    assert bench.pennfudan(recipe, minutes=0.01) is None
+    assert "Penn-Fudan skipped" in capsys.readouterr().out
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "pennfudan"
+    monkeypatch.syspath_prepend(str(fixtures))
+    importlib.import_module("fake_pennfudan").write_fake_pennfudan(tmp_path)  # 4 small photos
+    seconds, metrics = bench.pennfudan(recipe, minutes=0.01)
+    assert seconds > 0 and set(metrics) == {"box", "mask", "test_seconds"}
+    assert 0.0 <= metrics["mask"]["AP50"] <= 1.0

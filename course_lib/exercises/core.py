@@ -62,6 +62,10 @@ class Exercise:
             plain data and so cannot be written in a case or cross to the grader's child
             process, e.g. ``model_seed=3`` becoming ``model=tiny_fcn(3)``. Must be a
             module-level function of ``course_lib.exercises`` (the child imports it by name).
+        forbidden: dotted names the answer must not use, on top of the reference itself
+            (always forbidden): library functions (``"torchvision.ops.nms"``), C++ operators
+            (``"torch.ops.torchvision.nms"``) or whole packages (``"pycocotools"``). The grader
+            makes them raise inside its sandbox and gives 0 to an answer that uses them.
     """
 
     name: str
@@ -74,6 +78,13 @@ class Exercise:
     hint: str = ""
     points: float = 1.0
     prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    forbidden: tuple[str, ...] = ()
+
+    @property
+    def forbidden_apis(self) -> tuple[str, ...]:
+        """Everything the answer must not use: the reference's dotted name, then ``forbidden``."""
+        own = f"{self.reference.__module__}.{self.reference.__name__}"
+        return (own, *(name for name in self.forbidden if name != own))
 
     def inputs(self, kwargs: Mapping[str, Any], device: str | torch.device = "cpu"
                ) -> dict[str, Any]:

@@ -47,6 +47,7 @@ LECTURE_DOG_SCORES = _t(lecture.DOG_SCORES)
 BOX_IOU = Exercise(
     name="box_iou",
     reference=_boxes.box_iou,
+    forbidden=("torchvision.ops.box_iou", "torchvision.ops.boxes.box_iou"),
     cases=(
         Case("half-shifted squares: 25 / 175",
              {"boxes1": _t([[0, 0, 10, 10]]), "boxes2": _t([[5, 5, 15, 15]])},
@@ -117,6 +118,9 @@ def _random_nms_case(rng: np.random.Generator) -> dict:
 NMS = Exercise(
     name="nms",
     reference=_nms.nms,
+    forbidden=("course_lib.nms.batched_nms", "torchvision.ops.nms", "torchvision.ops.boxes.nms",
+               "torchvision.ops.batched_nms", "torchvision.ops.boxes.batched_nms",
+               "torch.ops.torchvision.nms"),
     cases=(
         Case("the lecture's two dogs, threshold 0.7: keep blue and purple",
              {"boxes": LECTURE_DOG_BOXES, "scores": LECTURE_DOG_SCORES, "iou_threshold": 0.7},
@@ -231,6 +235,7 @@ _DOG = _curve(list(lecture.DOG_PR_IS_TP), lecture.DOG_PR_NUM_GT)
 AVERAGE_PRECISION = Exercise(
     name="average_precision",
     reference=_metrics.average_precision,
+    forbidden=("pycocotools",),
     cases=(
         Case("the lecture's dog example: 1/3 + 1/3 + 1/3 * 3/5 = 0.8667",
              {**_DOG, "method": "all"}, expected=1 / 3 + 1 / 3 + 0.6 / 3),
@@ -247,6 +252,12 @@ AVERAGE_PRECISION = Exercise(
              {**_DOG, "method": "voc11"}),
         Case("COCO 101-point on the dog example",
              {**_DOG, "method": "coco101"}),
+        Case("COCO 101-point: a recall of exactly 0.7 does not reach pycocotools' level 0.70",
+             {**_curve([True] * 7, 10), "method": "coco101"}, expected=70 / 101,
+             note="pycocotools' recall levels are np.linspace(0, 1, 101), whose level 70 is "
+                  "0.7000000000000001: recall 7/10 falls just short of it, so 70 of the 101 "
+                  "levels are reached. torch.linspace gives exactly 0.7 there (71/101): take "
+                  "the levels from np.linspace, as pycocotools does"),
         Case("no detections: AP 0",
              {"precision": torch.zeros(0, dtype=torch.float64),
               "recall": torch.zeros(0, dtype=torch.float64), "method": "all"}, expected=0.0),

@@ -14,7 +14,10 @@ marks that the cells have run; ``setup.json`` says why the function could not be
 from __future__ import annotations
 
 import gc
+import glob
 import importlib
+import importlib.util
+import os
 import re
 import sys
 import time
@@ -33,8 +36,8 @@ MAX_MESSAGE = 300
 _TORCH_PREFIX = re.compile(r"^\[enforce fail at [^]]*\] (err == 0\. )?")
 
 
-def main(workdir: str) -> None:
-    """Run the task in ``workdir`` (see the module docstring)."""
+def main(workdir: str, uid: str = "") -> None:
+    """Run the task in ``workdir`` (see the module docstring); as root, then as ``uid``."""
     root = Path(workdir)
     task = transfer.read_json(root / "task.json", max_bytes=256 << 20)  # written by the parent
     sandbox.limit_cpu_and_files(task["cpu_s"], task["file_mb"])
@@ -44,9 +47,12 @@ def main(workdir: str) -> None:
         (x @ x).sort()
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, (task["memory_mb"] << 20) / total))
-    sandbox.limit_memory(task["memory_mb"])
 
     prepare = _prepare(task.get("prepare"))  # resolved before any student code runs
+    guard = Guard(task.get("forbidden", []), root / "forbidden.json")
+    sandbox.limit_memory(task["memory_mb"])  # after the guard's imports (torchvision)
+    sandbox.isolate(int(uid) if uid else None, guard.dirs + guard.files)
+    guard.activate()
 
     namespace: dict[str, Any] = {"__name__": "__main__"}
     exec(PREAMBLE, namespace)
@@ -62,7 +68,7 @@ def main(workdir: str) -> None:
         error = cell_errors.get(task["cell"])
         if error:
             message += f"; its cell raised {error['message']} {error['where']}".rstrip()
-        transfer.write_json(root / "setup.json", {"message": message})
+        transfer.write_json(root / "setup.json", {"message": message, "forbidden": USES})
         return
 
     transfer.write_json(root / "ready.json", {})  # the cells ran; the cases start
@@ -71,6 +77,7 @@ def main(workdir: str) -> None:
         kwargs = transfer.load(case, root, device=device)
         result = _run_case(fn, prepare(kwargs) if prepare else kwargs, root, f"out_{i}")
         result["seconds"] = time.perf_counter() - start
+        result["forbidden"] = USES
         transfer.write_json(root / f"result_{i}.json", result)
 
 
@@ -88,6 +95,8 @@ def _run_case(fn: Any, kwargs: dict[str, Any], root: Path, prefix: str) -> dict[
     """Call the student's function once; the output's arrays go to ``root/prefix_k.npy``."""
     try:
         value = fn(**kwargs)
+    except ForbiddenError as exc:
+        return {"status": "forbidden", "message": str(exc)[:MAX_MESSAGE]}
     except NotImplementedError:
         return {"status": "not_implemented"}
     except BaseException as exc:  # SystemExit too: the student's exit() is an error
@@ -112,11 +121,137 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     is_memory = isinstance(exc, MemoryError) or (
         isinstance(exc, RuntimeError)
         and ("can't allocate memory" in low or "out of memory" in low))
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if f.filename.startswith("<notebook cell")]
+    # lookup_lines=False: reading source files here could touch files the guard refuses
+    summary = traceback.StackSummary.extract(traceback.walk_tb(exc.__traceback__),
+                                             lookup_lines=False)
+    frames = [f for f in summary if f.filename.startswith("<notebook cell")]
     where = f"line {frames[-1].lineno} of {frames[-1].filename.strip('<>')}" if frames else ""
     return {"status": "memory" if is_memory else "error", "type": type(exc).__name__,
             "message": text[:MAX_MESSAGE], "where": where}
+
+
+# ---------------------------------------------------------------------------------------------
+# Forbidden APIs
+# ---------------------------------------------------------------------------------------------
+
+USES: list[str] = []  # the forbidden APIs the student's code tried, in order
+
+
+class ForbiddenError(RuntimeError):
+    """Raised in place of a forbidden API."""
+
+
+class Guard:
+    """Make an exercise's forbidden APIs unusable and record every attempt.
+
+    Built before any student code runs. A dotted function name (``"torchvision.ops.nms"``,
+    ``"torch.ops.torchvision.nms"``): its module is imported and the function is replaced, in
+    that module and under every other name a loaded module binds it to, by a stub that records
+    the use and raises :class:`ForbiddenError`; no reference to the original is kept. A
+    top-level package name (``"pycocotools"``): its import raises. Once :meth:`activate` d, an
+    audit hook refuses to open the source or bytecode of those modules (no ``reload`` or
+    ``exec`` of their text), to open or list the repository's ``solutions/`` and ``tests/``, or
+    to search the heap with ``gc.get_objects``/``get_referrers``. Student code can still tamper
+    with this process's records; what it reports is only believed as far as the parent
+    validates it.
+    """
+
+    def __init__(self, forbidden: list[str], log: Path):
+        self.log = log
+        self.packages = [name for name in forbidden if "." not in name]
+        self.files: list[str] = []  # module files to hide and refuse to open
+        self.dirs = [str(Path(d)) for d in sandbox.repository_dirs()]
+        for name in forbidden:
+            if "." in name:
+                self._replace(name)
+        for package in self.packages:
+            for key in [k for k in sys.modules if k == package or k.startswith(package + ".")]:
+                del sys.modules[key]
+            spec = importlib.util.find_spec(package)
+            if spec is not None and spec.submodule_search_locations:
+                self.dirs += [os.path.realpath(d) for d in spec.submodule_search_locations]
+            elif spec is not None and spec.origin:
+                self.files.append(spec.origin)
+        sys.meta_path.insert(0, self)
+
+    def _replace(self, name: str) -> None:
+        parts = name.split(".")
+        owner = None
+        for k in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
+            try:
+                owner = importlib.import_module(".".join(parts[:k]))
+                break
+            except Exception:  # not installed, or broken here: then not usable here either
+                continue
+        if owner is None:
+            return  # not installed: nothing to forbid
+        for attr in parts[k:-1]:
+            owner = getattr(owner, attr, None)
+        original = getattr(owner, parts[-1], None)
+        if original is None or getattr(original, "_forbidden_stub", False):
+            return  # absent, or already replaced under another name
+        stub = _stub(name, self)
+        setattr(owner, parts[-1], stub)
+        for module in list(sys.modules.values()):
+            namespace = getattr(module, "__dict__", {})
+            for key, value in list(namespace.items()):
+                if value is original:
+                    namespace[key] = stub
+        source = getattr(sys.modules.get(getattr(original, "__module__", "")), "__file__", None)
+        if source:
+            source = os.path.realpath(source)
+            self.files.append(source)
+            self.files += glob.glob(os.path.join(
+                os.path.dirname(source), "__pycache__",
+                os.path.splitext(os.path.basename(source))[0] + ".*.pyc"))
+
+    def activate(self) -> None:
+        """Start refusing (see the class docstring); call just before student code runs.
+
+        The audit hook keeps its own frozen copies: changing this object afterwards (student
+        code can reach it through a stub's closure) does not change what the hook refuses.
+        """
+        files, dirs, record = frozenset(self.files), tuple(self.dirs), self.record
+
+        def audit(event: str, args: tuple) -> None:
+            if event in ("open", "os.listdir", "os.scandir") and args:
+                path = args[0]
+                if isinstance(path, (str, bytes, os.PathLike)):
+                    real = os.path.realpath(os.fsdecode(path))
+                    if real in files or any(real == d or real.startswith(d + os.sep)
+                                            for d in dirs):
+                        record(f"file {real}")
+                        raise ForbiddenError(f"reading {real} is forbidden during grading")
+            elif event in ("gc.get_objects", "gc.get_referrers", "gc.get_referents"):
+                record(event)
+                raise ForbiddenError(f"{event} is forbidden during grading")
+
+        sys.addaudithook(audit)
+
+    def record(self, what: str) -> None:
+        """Remember a forbidden use (and write it at once, in case the process dies)."""
+        if what not in USES:
+            USES.append(what)
+            try:
+                transfer.write_json(self.log, USES)
+            except OSError:
+                pass
+
+    def find_spec(self, name, path=None, target=None):  # noqa: D102 (a meta path finder)
+        if any(name == p or name.startswith(p + ".") for p in self.packages):
+            self.record(name.partition(".")[0])
+            raise ForbiddenError(f"{name} is forbidden in this exercise")
+        return None
+
+
+def _stub(name: str, guard: Guard):
+    def forbidden(*args, **kwargs):
+        guard.record(name)
+        raise ForbiddenError(f"{name} is forbidden in this exercise")
+
+    forbidden.__name__ = forbidden.__qualname__ = name.rpartition(".")[2]
+    forbidden._forbidden_stub = True
+    return forbidden
 
 
 def _filename(number: int) -> str:

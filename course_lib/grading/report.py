@@ -1,6 +1,10 @@
 """Write grading results: one JSON file per student and one CSV for the class, atomically.
 
-``DIR/<student>.json`` holds the report of :func:`course_lib.grading.runner.grade_notebook`.
+``DIR/<student>.json`` holds the report of :func:`course_lib.grading.runner.grade_notebook`,
+with the device it ran on and, under ``versions``, the library versions of the grader
+(:func:`library_versions`). The class-wide Gradescope, JUnit and Markdown reports are written by
+:mod:`course_lib.grading.class_report`.
+
 ``DIR/report.csv`` has one row per submission: ``student, lesson, total, max``, then
 ``<exercise>_score`` and ``<exercise>_status`` for every exercise seen in the run (in lesson
 order), then ``error`` (why a notebook could not be graded, else empty). Files are written to a
@@ -11,20 +15,24 @@ never sees half a file.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
+import platform
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write ``text`` (UTF-8) or bytes to ``path`` via a temporary file and ``os.replace``."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -33,8 +41,30 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+@functools.cache
+def library_versions() -> dict[str, str]:
+    """The versions a grade depends on: python, torch, torchvision, numpy and course_lib.
+
+    Read from the installed packages' metadata (nothing is imported); a package that is not
+    installed is reported as ``"not installed"``.
+    """
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "torchvision", "numpy", "course_lib"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
 def write_student_json(report: dict[str, Any], out_dir: Path) -> Path:
-    """Write ``out_dir/<student>.json`` and return its path."""
+    """Write ``out_dir/<student>.json`` and return its path.
+
+    The file holds ``report`` as it is, plus ``versions`` (:func:`library_versions`) when the
+    report has none; ``report`` itself is not changed.
+    """
+    if "versions" not in report:
+        report = {**report, "versions": dict(library_versions())}
     path = out_dir / f"{report['student']}.json"
     write_atomic(path, json.dumps(report, indent=2) + "\n")
     return path

@@ -25,7 +25,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,11 +38,11 @@ from course_lib.exercises import load_lesson
 from course_lib.exercises.core import Case, Exercise, compare, describe_kwargs, shorten
 from course_lib.grading import transfer
 from course_lib.grading.notebook import Submission, read_submission
-from course_lib.grading.report import write_class_csv, write_student_json
 from course_lib.grading.sandbox import ChildResult, Limits, run_child
 
 GRADER_VERSION = "1"
-STATUSES = ("passed", "failed", "error", "timeout", "memory", "not_implemented")  # per exercise
+STATUSES = ("passed", "failed", "error", "timeout", "memory", "not_implemented",
+            "forbidden")  # per exercise
 
 
 @dataclass(frozen=True)
@@ -120,14 +119,18 @@ def grade_notebook(path: str | Path, device: str = "auto", timeout: float = 30.0
 def grade_many(paths: list[str | Path], out_dir: str | Path, device: str = "auto",
                timeout: float = 30.0, memory_mb: int = 2048, seed: int | None = None,
                num_random: int = 3, jobs: int = 1,
-               on_report: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Grade several notebooks, writing ``out_dir/<student>.json`` and ``out_dir/report.csv``.
+               on_report: Callable[[dict[str, Any]], None] | None = None,
+               force: bool = False) -> list[dict[str, Any]]:
+    """Grade several notebook files, writing ``out_dir/<student>.json`` and ``out_dir/report.csv``.
 
-    Each student's JSON is written as soon as that notebook is graded and the CSV is rewritten
-    after each one, so an interrupted run keeps what it did. Arguments are those of
-    :func:`grade_notebook`, plus ``jobs`` (notebooks graded at the same time; each runs one
-    child at a time, and a child needs about 1 GB for torch) and ``on_report`` (called with
-    each report as it is done; the CLI prints a line).
+    The student id is each file's stem. This is :func:`course_lib.grading.batch.grade_submissions`
+    for a list of files (folders and zips: :func:`~course_lib.grading.batch.find_submissions`):
+    each student's JSON is written atomically as soon as that notebook is graded and the CSV is
+    rewritten after each one, so an interrupted run keeps what it did; a notebook whose report
+    already records the same content hash and grader version is not graded again unless
+    ``force``. Arguments are those of :func:`grade_notebook`, plus ``jobs`` (notebooks graded at
+    the same time; each runs one child at a time, and a child needs about 1 GB for torch) and
+    ``on_report`` (called with each report as it is done or found up to date).
 
     Returns:
         The reports, in the order of ``paths``.
@@ -135,30 +138,25 @@ def grade_many(paths: list[str | Path], out_dir: str | Path, device: str = "auto
     Raises:
         ValueError: if two paths have the same stem (the student id), or ``device`` is unknown.
     """
+    from course_lib.grading import batch  # batch imports this module
+
     paths = [Path(p) for p in paths]
-    stems = [p.stem for p in paths]
-    duplicates = sorted({s for s in stems if stems.count(s) > 1})
-    if duplicates:
-        raise ValueError(f"several submissions share the student id {duplicates}")
-    get_device(device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    done: dict[int, dict[str, Any]] = {}
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(grade_notebook, path, device, timeout, memory_mb, seed,
-                               num_random): i for i, path in enumerate(paths)}
-        for future in as_completed(futures):  # files are written from this thread only
-            report = done[futures[future]] = future.result()
-            write_student_json(report, out)
-            write_class_csv([done[i] for i in sorted(done)], out)
-            if on_report is not None:
-                on_report(report)
-    return [done[i] for i in range(len(paths))]
+    submissions = [batch.SubmissionFile(p.stem, p, str(p),
+                                        batch.sha256_of(p) if p.is_file() else "")
+                   for p in paths]
+    return batch.grade_submissions(
+        submissions, out_dir, device=device, timeout=timeout, memory_mb=memory_mb, seed=seed,
+        num_random=num_random, jobs=jobs, force=force,
+        on_report=None if on_report is None else lambda report, _skipped: on_report(report))
 
 
 def grade_exercise(exercise: Exercise, submission: Submission, device: str, limits: Limits,
                    rng: np.random.Generator, num_random: int = 3) -> dict[str, Any]:
-    """Grade one exercise of a submission (see the module docstring for the scoring)."""
+    """Grade one exercise of a submission (see the module docstring for the scoring).
+
+    Code that used one of the exercise's forbidden APIs (:attr:`Exercise.forbidden_apis`, or a
+    hidden file) scores 0 with status ``forbidden``, whatever its cases gave.
+    """
     result: dict[str, Any] = {
         "name": exercise.name, "score": 0.0, "max_score": float(exercise.points),
         "status": "error", "passed": 0, "cases": 0, "feedback": "", "seconds": 0.0,
@@ -179,7 +177,7 @@ def grade_exercise(exercise: Exercise, submission: Submission, device: str, limi
     try:
         task = {
             "function": exercise.name, "cell": cell.number, "device": device,
-            "prepare": _import_name(exercise.prepare),
+            "prepare": _import_name(exercise.prepare), "forbidden": list(exercise.forbidden_apis),
             "cpu_s": limits.cpu_s, "file_mb": limits.file_mb, "memory_mb": limits.memory_mb,
             "cells": [{"number": c.number, "source": c.source} for c in submission.cells
                       if not c.syntax_error],
@@ -191,6 +189,7 @@ def grade_exercise(exercise: Exercise, submission: Submission, device: str, limi
         verdicts = [_verdict(exercise, d, task_dir, i) for i, d in enumerate(drawn)]
         setup = _setup_message(task_dir)
         ready = (task_dir / "ready.json").exists()
+        uses = _forbidden_uses(task_dir, len(drawn))
     finally:
         shutil.rmtree(task_dir, ignore_errors=True)
 
@@ -200,6 +199,11 @@ def grade_exercise(exercise: Exercise, submission: Submission, device: str, limi
     result["score"] = round(exercise.points * passed / len(drawn), 6) if drawn else 0.0
     result["status"], result["feedback"] = _summarise(exercise, drawn, verdicts, child, limits,
                                                       setup, ready)
+    if uses:  # whatever the cases gave: no credit for an answer that uses a forbidden API
+        result["score"], result["status"] = 0.0, "forbidden"
+        result["feedback"] = (f"uses the forbidden {', '.join(uses)}: {exercise.name} must be "
+                              f"written without it (it is what the exercise asks you to build). "
+                              f"{result['feedback']}")
     return result
 
 
@@ -236,6 +240,8 @@ def _verdict(exercise: Exercise, drawn: _Drawn, task_dir: Path, i: int) -> tuple
         if status == "memory":
             text += " - the memory limit was reached"
         return status, text
+    if status == "forbidden":
+        return "forbidden", f"{_case_label(drawn)}: {str(data.get('message', ''))[:300]}"
     if status == "bad_output":
         return "failed", f"{_case_label(drawn)}: {str(data.get('message', ''))[:300]}"
     if status != "ok":
@@ -306,6 +312,28 @@ def _summarise(exercise: Exercise, drawn: list[_Drawn], verdicts: list[tuple[str
         if child.returncode != 0 and _last_line(child.stderr):
             why += f" Last error output: {_last_line(child.stderr)}"
     return status, f"{tally}. {why}" + (f"\nEarlier: {earlier}" if earlier else "")
+
+
+def _forbidden_uses(task_dir: Path, cases: int) -> list[str]:
+    """The forbidden APIs the child recorded (its log, its setup note and its results)."""
+    found: list[Any] = []
+    names = ["forbidden.json", "setup.json", *(f"result_{i}.json" for i in range(cases))]
+    for name in names:
+        try:
+            data = transfer.read_json(task_dir / name)
+        except transfer.TransferError:
+            continue
+        if isinstance(data, dict):
+            data = data.get("forbidden") or []
+            if not data and name.startswith("result_"):
+                continue
+        if isinstance(data, list):
+            found += data
+    uses = []
+    for use in found:
+        if isinstance(use, str) and use[:200] not in uses:
+            uses.append(use[:200])
+    return uses[:5]
 
 
 def _setup_message(task_dir: Path) -> str:

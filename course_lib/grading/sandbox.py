@@ -1,6 +1,7 @@
-"""Run one child process under limits and always kill its whole process group.
+"""Run one child process under limits and always kill everything it started.
 
-What applies to every exercise child (one per exercise of a submission):
+What applies to every exercise child (one per exercise of a submission); the threat model,
+with what is not defended, is in ``docs/grading.md``:
 
 * a fresh temporary working directory holding only that exercise's inputs (the parent deletes it
   afterwards); ``HOME`` and ``TMPDIR`` point there;
@@ -15,25 +16,32 @@ What applies to every exercise child (one per exercise of a submission):
 * set by the child itself (:func:`limit_cpu_and_files`, :func:`limit_memory`): ``RLIMIT_CPU``
   a little above the wall-clock limit, ``RLIMIT_FSIZE`` (``file_mb``), no core files, and
   ``RLIMIT_AS`` = the address space after importing torch (its CUDA build maps a lot of
-  virtual memory at import) plus ``memory_mb``; on CUDA also a per-process share of GPU memory.
+  virtual memory at import) plus ``memory_mb``; on CUDA also a per-process share of GPU memory;
+* :func:`isolate`, in the child before student code runs. When the grader is root: each
+  running child has its own user id (the working directory is ``chown``ed to it, mode 0700),
+  network and mount namespaces with ``solutions/``, ``tests/`` and the forbidden modules' files
+  hidden, ``RLIMIT_NPROC``, and after the child ends every process of that user id is killed
+  (also a grandchild that left the group with ``setsid``). Otherwise: a network namespace
+  where unprivileged user namespaces are allowed, and ``RLIMIT_NPROC`` relative to the user's
+  current threads;
+* the child's :class:`~course_lib.grading.child.Guard` makes the exercise's forbidden APIs
+  unusable and records their use.
 
-Deferred to the whole-class grading issue (not done here): an unprivileged user (a child
-running as root can raise its own hard limits), network and mount namespaces or a container
-(the child can read the file system and open sockets), cgroups (a grandchild that calls
-``setsid`` escapes the group kill; no process-count limit, since ``RLIMIT_NPROC`` also counts
-torch's threads and does not apply to root), and read-only or stripped copies of ``course_lib``
-(student code can import the reference implementations or patch the child's helpers, which
-only changes what that child reports about itself: the verdict is computed in the parent).
+Not done: cgroups, seccomp, read-only copies of ``course_lib`` (student code can patch the
+child's helpers, which only changes what that child reports about itself: the verdict is
+computed in the parent).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +51,12 @@ import course_lib
 # The directory that holds the ``course_lib`` package (the repository root before installing).
 PACKAGE_ROOT = str(Path(course_lib.__file__).resolve().parent.parent)
 BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
-             "from course_lib.grading.child import main; main(sys.argv[1])")
+             "from course_lib.grading.child import main; main(*sys.argv[1:])")
+# As root, each running child gets its own user id: this process's block of 64 ids (so two
+# graders on one machine never share one), one per concurrently running child.
+_UID_BASE = 1_000_000_000 + (os.getpid() % (1 << 22)) * 64
+_uid_lock = threading.Condition()
+_uids_in_use: set[int] = set()
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,12 @@ class ChildResult:
             return f"signal {-self.returncode}"
 
 
+def repository_dirs() -> list[str]:
+    """The repository's folders a child must not see (solutions, tests), where they exist."""
+    root = Path(PACKAGE_ROOT)
+    return [str(root / name) for name in ("solutions", "tests") if (root / name).is_dir()]
+
+
 def child_env(workdir: Path) -> dict[str, str]:
     """The scrubbed environment of a child."""
     env = {
@@ -116,24 +135,58 @@ def run_child(workdir: Path, limits: Limits) -> ChildResult:
     killed before this returns.
     """
     # An anonymous file: the child cannot swap it for a link or a FIFO by its path.
-    with tempfile.TemporaryFile() as log:
-        start = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", BOOTSTRAP, PACKAGE_ROOT, str(workdir)],
-            cwd=workdir, env=child_env(workdir), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
-        )
-        timed_out = False
-        try:
-            timed_out = not _wait_without_reaping(proc.pid, start + limits.timeout_s)
-        finally:
-            # The leader is a zombie (or still running): its group id cannot be reused yet.
-            _kill_group(proc.pid)
-            returncode = proc.wait()
-        seconds = time.monotonic() - start
-        log.seek(max(0, os.fstat(log.fileno()).st_size - 4000))
-        stderr = log.read().decode("utf-8", errors="replace")
+    uid = _acquire_uid() if os.geteuid() == 0 else None
+    try:
+        if uid is not None:  # the child's own directory, out of reach of every other child
+            os.chown(workdir, uid, uid)
+            os.chmod(workdir, 0o700)
+        with tempfile.TemporaryFile() as log:
+            start = time.monotonic()
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", BOOTSTRAP, PACKAGE_ROOT, str(workdir),
+                 "" if uid is None else str(uid)],
+                cwd=workdir, env=child_env(workdir), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+            )
+            timed_out = False
+            try:
+                timed_out = not _wait_without_reaping(proc.pid, start + limits.timeout_s)
+            finally:
+                # The leader is a zombie (or still running): its group id cannot be reused yet.
+                _kill_group(proc.pid)
+                if uid is not None:  # also what left the group (setsid) or the session
+                    _kill_uid(uid)
+                returncode = proc.wait()
+            seconds = time.monotonic() - start
+            log.seek(max(0, os.fstat(log.fileno()).st_size - 4000))
+            stderr = log.read().decode("utf-8", errors="replace")
+    finally:
+        if uid is not None:
+            with _uid_lock:
+                _uids_in_use.discard(uid)
+                _uid_lock.notify()
     return ChildResult(returncode, timed_out, seconds, stderr)
+
+
+def _acquire_uid() -> int:
+    with _uid_lock:
+        while len(_uids_in_use) >= 64:
+            _uid_lock.wait()
+        uid = next(u for u in range(_UID_BASE, _UID_BASE + 64) if u not in _uids_in_use)
+        _uids_in_use.add(uid)
+        return uid
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every live process of ``uid`` until none is left (zombies are already dead)."""
+    for _ in range(500):
+        pids = [pid for pid, real_uid, _ in _processes() if real_uid == uid]
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.005)
 
 
 def _wait_without_reaping(pid: int, deadline: float) -> bool:
@@ -176,3 +229,145 @@ def limit_memory(memory_mb: int) -> None:
         vm_kb = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
     limit = (vm_kb << 10) + (memory_mb << 20)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+# Linux constants (not in the os module of Python 3.11).
+_CLONE_NEWNS, _CLONE_NEWUSER, _CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
+_MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
+CHILD_THREADS = 64  # RLIMIT_NPROC headroom: torch's threads plus a few processes
+
+
+def isolate(uid: int | None, hide: list[str]) -> list[str]:
+    """Cut the child off before student code runs; returns what could be done, for the log.
+
+    As root (``uid`` given): new network and mount namespaces (mounts made private first, so
+    nothing propagates to the host), an empty read-only ``tmpfs`` over each directory of
+    ``hide`` and ``/dev/null`` over each file of it, then all groups dropped and ``uid``/``gid``
+    set (this also drops every capability), then ``RLIMIT_NPROC``. Otherwise: a network
+    namespace inside a new user namespace where the kernel allows it, and ``RLIMIT_NPROC`` at
+    the processes this user already has plus :data:`CHILD_THREADS`.
+    """
+    done = []
+    libc = _libc()
+    if uid is not None:
+        if libc is not None and libc.unshare(_CLONE_NEWNET | _CLONE_NEWNS) == 0:
+            done.append("network namespace")
+            # Private first: a mount made below must never reach the host's namespace.
+            if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0:
+                done += _open_the_way(libc, _needed_paths(), os.getcwd())
+                done += [f"hid {path}" for path in hide if _hide(libc, path)]
+        if not all(_reachable(path) for path in _needed_paths()):
+            return [*done, "kept root: Python is not reachable by another user"]
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        done.append(f"uid {uid}")
+        _limit_processes(_threads_of(uid) + CHILD_THREADS)
+    else:
+        count = _threads_of(os.getuid())  # before the new user namespace renames our uid
+        if libc is not None and libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0:
+            done.append("network namespace")
+        _limit_processes(count + CHILD_THREADS)
+    return done
+
+
+def _libc():
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                               ctypes.c_ulong, ctypes.c_void_p]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def _needed_paths() -> list[str]:
+    """What the child must still read after dropping root: Python, its libraries, course_lib."""
+    paths = [os.path.dirname(os.path.realpath(sys.executable)), PACKAGE_ROOT]
+    return sorted({os.path.realpath(p) for p in [*paths, *sys.path] if p and os.path.isdir(p)})
+
+
+def _reachable(path: str) -> bool:
+    """Whether a user who is neither owner nor group member can enter ``path``."""
+    parts = Path(path).parts
+    return (all(os.stat(os.path.join(*parts[:i])).st_mode & 0o001 for i in range(1, len(parts)))
+            and os.stat(path).st_mode & 0o005 == 0o005)
+
+
+def _open_the_way(libc, paths: list[str], scratch: str) -> list[str]:
+    """Make ``paths`` reachable for another user (e.g. a Python installed under ``/root``).
+
+    Each directory on the way that only its owner may enter is covered by a tmpfs that holds
+    just the needed entries, bound back from the real ones; the rest of it disappears from the
+    child's view. ``scratch`` holds the temporary mount points.
+    """
+    needed: dict[str, set[str]] = {}
+    for path in paths:
+        parts = Path(path).parts
+        for i in range(2, len(parts)):
+            closed = os.path.join(*parts[:i])
+            if not os.stat(closed).st_mode & 0o001:
+                needed.setdefault(closed, set()).add(parts[i])
+                break
+    done, stashes = [], []
+    for closed, entries in needed.items():
+        bound = []
+        for entry in sorted(entries):
+            stash = os.path.join(scratch, f".stash{len(stashes)}")
+            os.mkdir(stash)
+            stashes.append(stash)
+            if libc.mount(os.path.join(closed, entry).encode(), stash.encode(), None,
+                          _MS_BIND | _MS_REC, None) == 0:
+                bound.append((entry, stash))
+        if libc.mount(b"tmpfs", closed.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                      b"size=64k,mode=755") == 0:
+            for entry, stash in bound:
+                os.mkdir(os.path.join(closed, entry))
+                libc.mount(stash.encode(), os.path.join(closed, entry).encode(), None,
+                           _MS_BIND | _MS_REC, None)
+            done.append(f"covered {closed}")
+    for stash in stashes:
+        libc.umount2(stash.encode(), 2)  # MNT_DETACH
+        with contextlib.suppress(OSError):
+            os.rmdir(stash)
+    return done
+
+
+def _hide(libc, path: str) -> bool:
+    target = os.fsencode(path)
+    if os.path.isdir(path):
+        flags = _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+        return libc.mount(b"tmpfs", target, b"tmpfs", flags, b"size=4k,mode=555") == 0
+    if os.path.isfile(path):
+        return libc.mount(b"/dev/null", target, None, _MS_BIND, None) == 0
+    return False
+
+
+def _limit_processes(count: int) -> None:
+    try:
+        resource.setrlimit(resource.RLIMIT_NPROC, (count, count))
+    except (ValueError, OSError):
+        pass
+
+
+def _threads_of(uid: int) -> int:
+    """Threads (what ``RLIMIT_NPROC`` counts) of the processes owned by ``uid``."""
+    return sum(threads for _, real_uid, threads in _processes() if real_uid == uid)
+
+
+def _processes():
+    """``(pid, real uid, threads)`` of every process in ``/proc``."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+            if fields["State"].split()[0] in ("Z", "X"):  # dead, waiting to be reaped
+                continue
+            yield int(entry.name), int(fields["Uid"].split()[0]), int(fields["Threads"])
+        except (OSError, KeyError, ValueError):
+            continue
