@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8888
 
-.PHONY: setup lab test lint unit nbval build execute data checkpoints bench clean
+.PHONY: setup lab test lint unit nbval build execute verify data checkpoints bench clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ build: setup
 execute: setup
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace solutions/*.ipynb
 	$(BIN)/course-build
+
+# Instructors' check: every solution gets full marks from the grader, every stub 0 (~3 min).
+verify: setup
+	$(BIN)/course-build --verify
 
 lint: setup
 	$(BIN)/ruff check .
