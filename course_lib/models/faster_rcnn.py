@@ -147,12 +147,9 @@ class FasterRCNN(nn.Module):
         proposals, rpn_losses = self.rpn(features, targets if self.training else None)
 
         # second stage: every region cut out of the shared feature map, then the box head
-        def classify(regions):
-            pooled = pool_regions(features, regions, self.roi_op, self.roi_size, self.stride)
-            return self.box_head(pooled)  # (R, F, 7, 7) -> (R, C+1), (R, 4(C+1))
-
         out = second_stage(
-            classify, proposals, targets if self.training else None,
+            lambda regions: self._classify(features, regions), proposals,
+            targets if self.training else None,
             (self.image_size, self.image_size), self.box_batch_size_per_image,
             self.box_positive_fraction, self.box_score_thresh, self.box_nms_thresh,
             self.box_detections_per_img)
@@ -160,6 +157,11 @@ class FasterRCNN(nn.Module):
             return out  # the detections
         return {"loss_objectness": rpn_losses["objectness"],
                 "loss_rpn_box_reg": rpn_losses["box"], **out}
+
+    def _classify(self, features: Tensor, regions: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Class scores and box deltas of regions pooled from ``features`` (the box head)."""
+        pooled = pool_regions(features, regions, self.roi_op, self.roi_size, self.stride)
+        return self.box_head(pooled)  # (R, F, 7, 7) -> (R, C+1), (R, 4(C+1))
 
     @torch.no_grad()
     def proposals(self, images: Sequence[Tensor] | Tensor) -> list[Tensor]:

@@ -173,10 +173,6 @@ class MaskRCNN(FasterRCNN):
             nms_thresh=self.box_nms_thresh, detections_per_img=self.box_detections_per_img)
         return self._add_masks(features, detections)
 
-    def _classify(self, features: Tensor, regions: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        pooled = pool_regions(features, regions, self.roi_op, self.roi_size, self.stride)
-        return self.box_head(pooled)  # (R, F, 7, 7) -> (R, C+1), (R, 4(C+1))
-
     def _mask_logits(self, features: Tensor, regions: Sequence[Tensor]) -> Tensor:
         pooled = pool_regions(features, regions, "align", self.mask_roi_size, self.stride)
         return self.mask_head(pooled)  # (P, F, 14, 14) -> (P, C+1, 28, 28)
