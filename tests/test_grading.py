@@ -24,11 +24,12 @@ import pytest
 import torch
 
 from course_lib import exercises
+from course_lib.exercises.core import Case
 from course_lib.grading import cli, grade_many, grade_notebook, transfer
 from course_lib.grading.child import _prepare
 from course_lib.grading.notebook import NotebookError, read_submission
 from course_lib.grading.report import write_class_csv
-from course_lib.grading.runner import _hidden_reason, _import_name
+from course_lib.grading.runner import _Drawn, _hidden_reason, _import_name, _visible_only
 from course_lib.grading.sandbox import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -399,3 +400,19 @@ def test_prepare_travels_to_the_child_by_name_and_only_from_course_lib_exercises
         _import_name(json.dumps)
     with pytest.raises(ValueError, match="refusing"):
         _prepare("os:system")
+
+
+@pytest.mark.parametrize("visible, hidden, flagged", [
+    (["passed", "passed"], ["failed", "failed", "failed"], True),
+    (["passed"], ["failed", "failed"], True),
+    (["passed", "passed"], ["failed", "passed", "failed"], False),  # a real bug, partly right
+    (["passed", "failed"], ["failed", "failed"], False),  # fails a visible case: just failed
+    (["passed"], ["failed", "error"], False),  # a crash is not a cheat sheet
+    (["passed"], ["failed"], False),  # one hidden case is too little to flag
+    ([], ["failed", "failed"], False),
+])
+def test_visible_only_answers_are_flagged_for_review(visible, hidden, flagged):
+    drawn = [_Drawn(Case(f"v{i}", {}), False) for i in range(len(visible))]
+    drawn += [_Drawn(Case(f"h{i}", {}), True) for i in range(len(hidden))]
+    verdicts = [(status, "") for status in visible + hidden]
+    assert _visible_only(drawn, verdicts) is flagged

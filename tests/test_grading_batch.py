@@ -279,6 +279,24 @@ sys.exit(cli.main(sys.argv[3:]))
 
 
 @pytest.mark.slow
+def _orphaned_zygotes_are_gone(wait_s: float = 10.0) -> bool:
+    """Whether every zygote not started by this process has exited (within ``wait_s``)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        orphans = []
+        for proc in Path("/proc").iterdir():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if b"course_lib.grading.zygote" in cmdline and ppid != os.getpid():
+                orphans.append(proc.name)
+        if not orphans or time.monotonic() > deadline:
+            return not orphans
+        time.sleep(0.05)
+
+
 def test_killed_batch_resumes_without_losing_or_regrading_anyone(tmp_path):
     subs, out, log = tmp_path / "subs", tmp_path / "out", tmp_path / "graded.log"
     students = [f"student_{k}" for k in range(6)]
@@ -300,6 +318,7 @@ def test_killed_batch_resumes_without_losing_or_regrading_anyone(tmp_path):
         time.sleep(0.02)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
+    assert _orphaned_zygotes_are_gone(), "a zygote of the killed batch is still running"
     saved = {p.stem: p.read_bytes() for p in out.glob("*.json")}
     assert 1 <= len(saved) < len(students), "the batch was not killed midway"
 

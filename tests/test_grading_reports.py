@@ -210,16 +210,35 @@ def test_most_common_failing_cases_are_counted_across_students():
 
 
 @pytest.mark.parametrize("feedback, status, key", [
-    ("0/3 cases passed. stopped by the time limit (30 s, torch import included) while ...",
+    ("0/3 cases passed. stopped by the time limit (30 s) while ...",
      "timeout", "timeout: stopped by the time limit"),
     ("1/3 cases passed. the process crashed (SIGSEGV) while running case 'x'", "error",
      "error: the process crashed"),
     ("no cell tagged 'exercise' defines nms", "error",
      "error: no cell tagged 'exercise' defines nms"),
     ("", "failed", "failed: no feedback"),
+    ("flagged for review: every visible case passed but none of the 3 hidden random cases did.",
+     "review", "review: the visible cases pass, no hidden case does"),
 ])
 def test_failing_case_keys(feedback, status, key):
     assert failing_case(exercise("nms", status, 0.0, 1.0, feedback)) == key
+
+
+def test_exercises_flagged_for_review_are_listed_and_are_junit_failures(tmp_path, three):
+    three[1]["exercises"][1] = exercise("count_positive", "review", 0.4, 1.0,
+                                        "flagged for review: every visible case passed ...")
+    write_class_reports(tmp_path, three)
+    text = (tmp_path / "class_report.md").read_text()
+    section = text.split("## Flagged for review")[1].split("## Not graded")[0]
+    assert "| bob | count\\_positive | 0.4 / 1 |" in section and "alice" not in section
+    suites = ET.parse(tmp_path / "junit.xml").getroot()
+    bob = next(s for s in suites if s.get("name") == "bob")
+    case = next(c for c in bob if c.get("name") == "count_positive")
+    assert case.find("failure") is not None and case.find("error") is None
+
+
+def test_a_class_with_nothing_to_review_says_so(tmp_path, three):
+    assert "## Flagged for review\n\nNothing to review." in class_markdown(three)
 
 
 def test_mixed_lessons_are_reported_per_lesson(tmp_path):

@@ -250,6 +250,11 @@ AVERAGE_PRECISION = Exercise(
              {**_curve([False, True], 1), "method": "all"}, expected=0.5),
         Case("VOC 11-point on the dog example",
              {**_DOG, "method": "voc11"}),
+        Case("VOC 11-point: a recall of exactly 0.3 reaches the level 0.3",
+             {**_curve([True] * 3, 10), "method": "voc11"}, expected=4 / 11,
+             note="the VOC levels are the exact decimals k / 10: recall 3/10 reaches 0, 0.1, "
+                  "0.2 and 0.3 (4 of 11 levels). np.linspace(0, 1, 11) gives "
+                  "0.30000000000000004 there, which 3/10 falls just short of (3/11)"),
         Case("COCO 101-point on the dog example",
              {**_DOG, "method": "coco101"}),
         Case("COCO 101-point: a recall of exactly 0.7 does not reach pycocotools' level 0.70",

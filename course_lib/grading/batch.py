@@ -133,7 +133,7 @@ def grade_submissions(
         submissions: from :func:`find_submissions` (student ids must be distinct).
         out_dir: where ``<student>.json`` and ``report.csv`` are written (created if needed).
         device: where the student's functions run (``"auto"``, ``"cpu"`` or ``"cuda"``).
-        timeout: wall-clock seconds per exercise child (torch import included).
+        timeout: wall-clock seconds per exercise child (see :func:`runner.grade_notebook`).
         memory_mb: memory each child may allocate after importing torch (MB).
         seed: seed for the hidden random cases (``None``: a fresh secret seed).
         num_random: hidden random cases per exercise, on top of the visible ones.

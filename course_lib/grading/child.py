@@ -100,8 +100,10 @@ def _run_case(fn: Any, kwargs: dict[str, Any], root: Path, prefix: str) -> dict[
     except NotImplementedError:
         return {"status": "not_implemented"}
     except BaseException as exc:  # SystemExit too: the student's exit() is an error
-        gc.collect()
-        return _describe(exc)
+        result = _describe(exc)
+        if result["status"] == "memory":  # free what a reference cycle may still hold
+            gc.collect()
+        return result
     try:
         return {"status": "ok", "output": transfer.dump(to_plain(value), root, prefix)}
     except (TypeError, transfer.TransferError) as exc:

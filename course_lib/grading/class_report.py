@@ -12,12 +12,13 @@
   text), ``output_format`` and ``visibility``. The maximum, lesson, device and versions go
   into ``extra_data``: the documented top level has no ``max_score``.
 * ``OUT/junit.xml``: one ``<testsuite>`` per student, one ``<testcase>`` per exercise; a wrong
-  answer (``failed``, ``not_implemented``) is a ``<failure>``, a crash (``error``, ``timeout``,
-  ``memory``) an ``<error>``, both carrying the feedback. A notebook that could not be graded
-  is one ``<testcase name="notebook">`` with an ``<error>``.
+  answer (``failed``, ``not_implemented``, ``review``) is a ``<failure>``, a crash (``error``,
+  ``timeout``, ``memory``) an ``<error>``, both carrying the feedback. A notebook that could
+  not be graded is one ``<testcase name="notebook">`` with an ``<error>``.
 * ``OUT/class_report.md`` and ``OUT/class_histogram.png``: per-exercise pass rates and mean
   scores, a histogram of the students' scores (in % of the maximum, so that lessons mix), the
-  most common failing cases of each exercise and the notebooks that could not be graded.
+  most common failing cases of each exercise, the exercises flagged for review and the
+  notebooks that could not be graded.
 
 Student-derived text (student ids, feedback, error messages) is hostile: it is escaped for the
 format it lands in, and characters XML cannot hold are replaced.
@@ -41,7 +42,7 @@ from typing import Any
 from course_lib.grading.report import library_versions, write_atomic
 
 GRADESCOPE_VISIBILITY = ("hidden", "after_due_date", "after_published", "visible")
-FAILURE_STATUSES = ("failed", "not_implemented")  # JUnit <failure>; the rest <error>
+FAILURE_STATUSES = ("failed", "not_implemented", "review")  # JUnit <failure>; the rest <error>
 HISTOGRAM = "class_histogram.png"
 
 
@@ -217,6 +218,8 @@ def failing_case(exercise: dict[str, Any]) -> str:
     status = exercise["status"]
     if status == "not_implemented":
         return "not_implemented: raises NotImplementedError"
+    if status == "review":
+        return "review: the visible cases pass, no hidden case does"
     first = str(exercise.get("feedback", "")).strip().split("\n")[0]
     first = re.sub(r"^\d+/\d+ cases passed\.\s*", "", first)
     match = re.match(r"(case '[^']*'|a hidden random case)", first)
@@ -292,6 +295,17 @@ def class_markdown(reports: list[dict[str, Any]], histogram: str = HISTOGRAM) ->
             lines += ["Every graded exercise passed.", ""]
     else:
         lines += ["No exercise was graded.", ""]
+
+    flagged = [(r, e) for r in graded for e in r["exercises"] if e["status"] == "review"]
+    lines += ["## Flagged for review", ""]
+    if flagged:
+        lines += ["Every visible case passed and no hidden case did: look at the code before "
+                  "the grades go out.", "", "| student | exercise | score |", "|---|---|---:|"]
+        lines += [f"| {md_text(r['student'])} | {md_text(e['name'])} | {_short(e['score'])} / "
+                  f"{_short(e['max_score'])} |" for r, e in flagged]
+    else:
+        lines.append("Nothing to review.")
+    lines.append("")
 
     lines += ["## Not graded", ""]
     if ungraded:

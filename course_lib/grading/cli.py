@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where student code runs (auto: CUDA when available)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                        help="wall-clock seconds per exercise, torch import included "
-                             "(default: 30)")
+                        help="wall-clock seconds per exercise: its cells and all its cases "
+                             "(on CUDA also the torch import; default: 30)")
     parser.add_argument("--memory", type=int, default=2048, metavar="MB",
                         help="memory per exercise process beyond torch itself (default: 2048)")
     parser.add_argument("--random", type=int, default=3, metavar="N", dest="num_random",

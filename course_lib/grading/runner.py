@@ -13,7 +13,10 @@ every case passed; else ``timeout`` when the time limit stopped the child, ``err
 crashed or exited early, otherwise the status of the first case that did not pass, visible cases
 first: ``failed`` (wrong value, or not a tensor/number/tuple), ``error`` (an exception),
 ``memory`` (``MemoryError`` or torch's allocation error under the memory limit) or
-``not_implemented``. Feedback names the first visible case that did not pass, with its small
+``not_implemented``. An exercise whose visible cases all passed while every hidden case (two
+or more) returned a wrong value is flagged ``review`` (its partial score stands until a person
+has looked: hard-coded visible answers look like this, and so does a bug only general inputs
+show). Feedback names the first visible case that did not pass, with its small
 input, the expected and the received value; a hidden case is described by its input shapes
 (:func:`~course_lib.exercises.core.describe_kwargs`) and a reason that reveals no expected value.
 """
@@ -38,11 +41,12 @@ from course_lib.exercises import load_lesson
 from course_lib.exercises.core import Case, Exercise, compare, describe_kwargs, shorten
 from course_lib.grading import transfer
 from course_lib.grading.notebook import Submission, read_submission
-from course_lib.grading.sandbox import ChildResult, Limits, run_child
+from course_lib.grading.sandbox import ChildResult, Limits
+from course_lib.grading.zygote import run_child
 
 GRADER_VERSION = "1"
 STATUSES = ("passed", "failed", "error", "timeout", "memory", "not_implemented",
-            "forbidden")  # per exercise
+            "forbidden", "review")  # per exercise
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,8 @@ def grade_notebook(path: str | Path, device: str = "auto", timeout: float = 30.0
         path: the ``.ipynb`` file; its stem is the student id.
         device: where the student's functions run: ``"auto"`` (CUDA when available),
             ``"cpu"`` or ``"cuda"``. Expected values are always computed on CPU.
-        timeout: wall-clock seconds per exercise child (torch import included).
+        timeout: wall-clock seconds per exercise child (its cells and cases; on CUDA also
+            the torch import, see :func:`~course_lib.grading.zygote.run_child`).
         memory_mb: memory each child may allocate after importing torch (MB).
         seed: seed for the hidden random cases (``None``: a fresh secret seed).
         num_random: hidden random cases per exercise, on top of the visible ones.
@@ -185,7 +190,7 @@ def grade_exercise(exercise: Exercise, submission: Submission, device: str, limi
                       for i, d in enumerate(drawn)],
         }
         transfer.write_json(task_dir / "task.json", task)
-        child = run_child(task_dir, limits)
+        child = run_child(task_dir, limits, device)
         verdicts = [_verdict(exercise, d, task_dir, i) for i, d in enumerate(drawn)]
         setup = _setup_message(task_dir)
         ready = (task_dir / "ready.json").exists()
@@ -199,12 +204,26 @@ def grade_exercise(exercise: Exercise, submission: Submission, device: str, limi
     result["score"] = round(exercise.points * passed / len(drawn), 6) if drawn else 0.0
     result["status"], result["feedback"] = _summarise(exercise, drawn, verdicts, child, limits,
                                                       setup, ready)
+    if _visible_only(drawn, verdicts):
+        result["status"] = "review"
+        result["feedback"] = (f"flagged for review: every visible case passed but none of the "
+                              f"{sum(d.hidden for d in drawn)} hidden random cases did. Answers "
+                              f"written for the visible inputs would do this; so would a bug "
+                              f"that only general inputs show. {result['feedback']}")
     if uses:  # whatever the cases gave: no credit for an answer that uses a forbidden API
         result["score"], result["status"] = 0.0, "forbidden"
         result["feedback"] = (f"uses the forbidden {', '.join(uses)}: {exercise.name} must be "
                               f"written without it (it is what the exercise asks you to build). "
                               f"{result['feedback']}")
     return result
+
+
+def _visible_only(drawn: list[_Drawn], verdicts: list[tuple[str, str]]) -> bool:
+    """Every visible case passed and every hidden one (two or more) got a wrong value."""
+    visible = [status for d, (status, _) in zip(drawn, verdicts, strict=True) if not d.hidden]
+    hidden = [status for d, (status, _) in zip(drawn, verdicts, strict=True) if d.hidden]
+    return (bool(visible) and all(status == "passed" for status in visible)
+            and len(hidden) >= 2 and all(status == "failed" for status in hidden))
 
 
 def _import_name(prepare) -> str | None:
@@ -297,12 +316,12 @@ def _summarise(exercise: Exercise, drawn: list[_Drawn], verdicts: list[tuple[str
 
     # The child stopped before reporting every case: say why.
     during = (f"while running {_case_label(drawn[statuses.index('missing')])}" if ready
-              else "while starting (importing torch, running the exercise cells)")
+              else "while running the exercise cells")
     if setup:
         status, why = "error", setup
     elif child.timed_out or child.signal_name == "SIGXCPU":
         status = "timeout"
-        why = f"stopped by the time limit ({limits.timeout_s:g} s, torch import included) {during}"
+        why = f"stopped by the time limit ({limits.timeout_s:g} s) {during}"
     elif child.signal_name:
         status, why = "error", f"the process crashed ({child.signal_name}) {during}"
     else:

@@ -12,7 +12,8 @@ with what is not defended, is in ``docs/grading.md``:
   pip-installed; harmless when it is). torch/numpy come from the interpreter's site-packages;
 * a new session (``start_new_session=True``), so the child and anything it spawns share one
   process group, which is killed with ``SIGKILL`` when the child is done, in every outcome;
-* a wall-clock limit (``timeout_s``, torch import included);
+* a wall-clock limit (``timeout_s``; it includes the torch import only for a child started
+  by :func:`run_child`, not for one forked from a :mod:`~course_lib.grading.zygote`);
 * set by the child itself (:func:`limit_cpu_and_files`, :func:`limit_memory`): ``RLIMIT_CPU``
   a little above the wall-clock limit, ``RLIMIT_FSIZE`` (``file_mb``), no core files, and
   ``RLIMIT_AS`` = the address space after importing torch (its CUDA build maps a lot of
@@ -43,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +66,7 @@ class Limits:
     """Resource limits of one child.
 
     Attributes:
-        timeout_s: wall-clock seconds for the whole child, torch import included.
+        timeout_s: wall-clock seconds for the whole child.
         memory_mb: address space the child may add after importing torch (MB).
         file_mb: largest file the child may write (MB).
     """
@@ -130,42 +132,55 @@ def child_env(workdir: Path) -> dict[str, str]:
 def run_child(workdir: Path, limits: Limits) -> ChildResult:
     """Run ``course_lib.grading.child`` on ``workdir`` and wait at most ``limits.timeout_s``.
 
-    The child's stdout is discarded; its stderr goes to an anonymous temporary file. Whatever
+    A fresh interpreter per child (it imports torch: 1.5-3 s); the grader normally forks
+    children from a :mod:`~course_lib.grading.zygote` instead and falls back to this. The
+    child's stdout is discarded; its stderr goes to an anonymous temporary file. Whatever
     happens (normal exit, crash, timeout, an exception here), the child's process group is
     killed before this returns.
     """
     # An anonymous file: the child cannot swap it for a link or a FIFO by its path.
+    with child_identity(workdir) as uid, tempfile.TemporaryFile() as log:
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", BOOTSTRAP, PACKAGE_ROOT, str(workdir),
+             "" if uid is None else str(uid)],
+            cwd=workdir, env=child_env(workdir), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+        )
+        timed_out = False
+        try:
+            timed_out = not _wait_without_reaping(proc.pid, start + limits.timeout_s)
+        finally:
+            # The leader is a zombie (or still running): its group id cannot be reused yet.
+            kill_group(proc.pid)
+            if uid is not None:  # also what left the group (setsid) or the session
+                kill_uid(uid)
+            returncode = proc.wait()
+        seconds = time.monotonic() - start
+        stderr = tail(log)
+    return ChildResult(returncode, timed_out, seconds, stderr)
+
+
+@contextlib.contextmanager
+def child_identity(workdir: Path) -> Iterator[int | None]:
+    """As root: a user id of its own for one child, owning ``workdir`` (mode 0700); else None."""
     uid = _acquire_uid() if os.geteuid() == 0 else None
     try:
         if uid is not None:  # the child's own directory, out of reach of every other child
             os.chown(workdir, uid, uid)
             os.chmod(workdir, 0o700)
-        with tempfile.TemporaryFile() as log:
-            start = time.monotonic()
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", BOOTSTRAP, PACKAGE_ROOT, str(workdir),
-                 "" if uid is None else str(uid)],
-                cwd=workdir, env=child_env(workdir), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
-            )
-            timed_out = False
-            try:
-                timed_out = not _wait_without_reaping(proc.pid, start + limits.timeout_s)
-            finally:
-                # The leader is a zombie (or still running): its group id cannot be reused yet.
-                _kill_group(proc.pid)
-                if uid is not None:  # also what left the group (setsid) or the session
-                    _kill_uid(uid)
-                returncode = proc.wait()
-            seconds = time.monotonic() - start
-            log.seek(max(0, os.fstat(log.fileno()).st_size - 4000))
-            stderr = log.read().decode("utf-8", errors="replace")
+        yield uid
     finally:
         if uid is not None:
             with _uid_lock:
                 _uids_in_use.discard(uid)
                 _uid_lock.notify()
-    return ChildResult(returncode, timed_out, seconds, stderr)
+
+
+def tail(log, size: int = 4000) -> str:
+    """The last ``size`` bytes of an open binary file, decoded."""
+    log.seek(max(0, os.fstat(log.fileno()).st_size - size))
+    return log.read().decode("utf-8", errors="replace")
 
 
 def _acquire_uid() -> int:
@@ -177,7 +192,7 @@ def _acquire_uid() -> int:
         return uid
 
 
-def _kill_uid(uid: int) -> None:
+def kill_uid(uid: int) -> None:
     """SIGKILL every live process of ``uid`` until none is left (zombies are already dead)."""
     for _ in range(500):
         pids = [pid for pid, real_uid, _ in _processes() if real_uid == uid]
@@ -201,7 +216,8 @@ def _wait_without_reaping(pid: int, deadline: float) -> bool:
     return False
 
 
-def _kill_group(pid: int) -> None:
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group ``pid`` (nothing if it is gone)."""
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

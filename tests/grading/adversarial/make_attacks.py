@@ -229,6 +229,17 @@ ATTACKS: tuple[Attack, ...] = (
             os.fork()
         time.sleep(60)
         """),
+    Attack("kill_the_zygote", "SIGKILL the parent process (the zygote that forked the child), "
+           "then keep going", statuses=("failed", "error"), body="""
+        import os, signal
+        try:
+            os.kill(os.getppid(), signal.SIGKILL)
+        except OSError:
+            pass
+        import time
+        time.sleep(0.2)
+        return torch.full((1,), -1)
+        """),
     Attack("background_overwrite",
            "a detached process that outlives the child and rewrites result files",
            statuses=("failed", "error"), body=f"""
@@ -267,7 +278,7 @@ ATTACKS: tuple[Attack, ...] = (
         os._exit(0)
         """),
     Attack("predict_random_inputs", "hard-code the visible answers and guess the hidden inputs",
-           statuses=("failed",), zero=False, body="""
+           statuses=("review",), zero=False, body="""
         import numpy
         key = (tuple(map(tuple, boxes.tolist())), tuple(scores.tolist()), iou_threshold)
         if key in VISIBLE_ANSWERS:

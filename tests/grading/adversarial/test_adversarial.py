@@ -95,9 +95,10 @@ def test_attack_earns_nothing_and_costs_the_honest_exercise_nothing(attack, tmp_
     assert attacked["status"] in attack.statuses, attacked["feedback"]
     if attack.zero:
         assert attacked["score"] == 0, attacked["feedback"]
-    elif attack.statuses == ("failed",):  # a cheat sheet: the visible cases only
+    elif attack.statuses == ("review",):  # a cheat sheet: the visible cases only, flagged
         visible = len(EXERCISES[attack.target].cases)
         assert attacked["passed"] == visible < attacked["cases"], attacked["feedback"]
+        assert attacked["feedback"].startswith("flagged for review: every visible case passed")
     assert len(attacked["feedback"]) < 2000
     assert honest["status"] == "passed" and honest["score"] == honest["max_score"], \
         honest["feedback"]
