@@ -4,8 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8888
+SLIDES_PORT ?= 8000
 
-.PHONY: setup lab test lint unit nbval build execute verify data checkpoints bench clean
+.PHONY: setup lab test lint unit nbval build execute verify data checkpoints bench clean \
+	slides present browser
 
 setup: $(STAMP)
 
@@ -49,12 +51,41 @@ nbval: setup
 
 # CI budgets (COURSE_QUICK=1): the detectors and segmenters the notebooks load are trained on
 # fewer images for less time (course_lib/recipes/), once, before the tests that use them.
-test: setup lint
+test: setup lint browser
 	$(BIN)/course-build --check
+	$(BIN)/python data_scripts/fetch_slide_vendor.py --quiet
 	COURSE_QUICK=1 $(BIN)/python -m course_lib.recipes.detection
 	COURSE_QUICK=1 $(BIN)/python -m course_lib.recipes.segmentation
 	COURSE_QUICK=1 $(BIN)/python -m course_lib.recipes.instance
 	COURSE_QUICK=1 $(MAKE) --no-print-directory unit nbval
+
+# Instructors' slide decks: slides/NN_topic.slides.html from the executed solutions (~10 s),
+# offline. Their JavaScript and CSS (reveal.js, MathJax, ...) come from the npm registry once
+# into build/vendor/, checked against the SHA-256s in course_lib/slides.py.
+slides: setup
+	$(BIN)/python data_scripts/fetch_slide_vendor.py --quiet
+	$(BIN)/course-slides
+
+# Present one lesson: `make present LESSON=05` builds its deck and serves it on
+# http://127.0.0.1:$(SLIDES_PORT)/ (nbconvert's --post serve); Control-C stops it.
+present: setup
+	@test -n "$(LESSON)" || { echo "usage: make present LESSON=05"; exit 2; }
+	$(BIN)/python data_scripts/fetch_slide_vendor.py --quiet
+	$(BIN)/course-slides --present $(LESSON) --port $(SLIDES_PORT)
+
+# The real-browser tests drive Debian's Chromium with playwright (whose own browser download
+# is not reachable everywhere). As root, install it when missing; otherwise say how (the
+# browser tests skip without it).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+		echo "installing chromium and chromium-driver (apt-get)"; \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver > /dev/null; \
+	else \
+		echo "note: no Chromium in /usr/bin: the browser tests will skip. To run them:"; \
+		echo "  sudo apt-get install chromium chromium-driver   (or COURSE_CHROMIUM=/path/to/chrome)"; \
+	fi
 
 # Optional: pre-build the synthetic data caches (lessons build what they need on first use).
 data: setup

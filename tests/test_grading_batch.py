@@ -339,3 +339,41 @@ def test_killed_batch_resumes_without_losing_or_regrading_anyone(tmp_path):
         assert [e["status"] for e in report["exercises"]][0] == "passed"
     assert [r["student"] for r in csv_rows(out)] == students
     assert all(r["add_boxes_status"] == "passed" for r in csv_rows(out))
+
+
+def test_ctrl_c_finishes_the_notebooks_in_progress_and_a_rerun_grades_the_rest(tmp_path):
+    subs, out, log = tmp_path / "subs", tmp_path / "out", tmp_path / "graded.log"
+    students = [f"student_{k}" for k in range(8)]
+    slow_add = "import time\ndef add_boxes(a, b):\n    time.sleep(0.3)\n    return a + b\n"
+    for student in students:
+        nb = nbformat.v4.new_notebook(metadata={"course": {"lesson": "99"}})
+        nb.cells.append(nbformat.v4.new_code_cell(slow_add + f"# {student}\n",
+                                                  metadata={"tags": ["exercise"]}))
+        (subs / student).mkdir(parents=True)  # one folder per student: the log names them
+        nbformat.write(nb, subs / student / "99_fake.ipynb")
+    command = [sys.executable, "-c", WRAPPER, str(FIXTURES), str(log), str(subs),
+               "--out", str(out), "--device", "cpu", "--jobs", "2", "--random", "1",
+               "--timeout", "20", "--seed", "0"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(first.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 130, stderr
+    assert "interrupted; finishing the" in stderr and "run the same command again" in stderr
+    assert "Traceback" not in stderr
+    started = {line.split()[1] for line in log.read_text().splitlines()}
+    saved = {p.stem for p in out.glob("*.json")}
+    assert started == saved, "a notebook in progress at Ctrl-C was not finished and saved"
+    assert 1 <= len(saved) < len(students)
+    assert _orphaned_zygotes_are_gone()
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stderr
+    regraded = [line.split()[1] for line in log.read_text().splitlines()][len(started):]
+    assert sorted(regraded) == sorted(set(students) - saved)
+    assert sorted(p.stem for p in out.glob("*.json")) == students
