@@ -165,3 +165,31 @@ def test_a_zygote_that_fails_while_importing_says_why(monkeypatch):
     monkeypatch.setattr(zygote, "BOOTSTRAP", "raise SystemExit('preload broke: no torch')")
     with pytest.raises(zygote.ZygoteError, match="preload broke: no torch"):
         zygote.Zygote()
+
+
+def test_folders_of_graders_that_died_are_removed_and_live_ones_kept():
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    tmp = Path(tempfile.gettempdir())
+    stale = [tmp / f"course-{kind}-{dead_pid}-test" for kind in ("grade", "zygote", "grade-zip")]
+    live = tmp / f"course-grade-{os.getpid()}-test"
+    other = tmp / f"course-grades-{dead_pid}-test"  # not ours: a similar name
+    for folder in [*stale, live, other]:
+        (folder / "sub").mkdir(parents=True, exist_ok=True)
+        (folder / "sub" / "result_0.json").write_text("{}")
+    try:
+        removed = sandbox.remove_stale_dirs()
+        assert set(stale) <= set(removed) and not any(f.exists() for f in stale)
+        assert live.is_dir() and other.is_dir()
+    finally:
+        for folder in [*stale, live, other]:
+            subprocess.run(["rm", "-rf", str(folder)], check=True)
+
+
+def test_working_folders_are_named_after_the_grader():
+    folder = sandbox.scratch_dir("course-grade")
+    try:
+        assert folder.name.startswith(f"course-grade-{os.getpid()}-")
+    finally:
+        folder.rmdir()

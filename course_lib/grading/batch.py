@@ -44,7 +44,7 @@ from typing import Any
 from tqdm import tqdm
 
 from course_lib.device import get_device
-from course_lib.grading import runner
+from course_lib.grading import runner, sandbox
 from course_lib.grading.report import write_class_csv, write_student_json
 
 MAX_ZIP_MEMBERS = 10_000
@@ -156,6 +156,7 @@ def grade_submissions(
     if duplicates:
         raise ValueError(f"several submissions share the student id {duplicates}")
     get_device(device)
+    sandbox.remove_stale_dirs()  # what a grader killed with SIGKILL left in the temporary folder
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done: dict[int, dict[str, Any]] = {}

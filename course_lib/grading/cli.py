@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("--timeout, --memory and --jobs must be positive, --random at least 0")
     # Zips are extracted into a temporary folder that lives as long as the grading.
     zips = any(p.suffix.lower() == ".zip" for p in args.submissions)
-    with (tempfile.TemporaryDirectory(prefix="course-grade-zip-") if zips
+    with (tempfile.TemporaryDirectory(prefix=f"course-grade-zip-{os.getpid()}-") if zips
           else contextlib.nullcontext(".")) as workdir:
         try:
             submissions = find_submissions(args.submissions, workdir)

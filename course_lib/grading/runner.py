@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from course_lib import __version__
 from course_lib.device import get_device
 from course_lib.exercises import load_lesson
 from course_lib.exercises.core import Case, Exercise, compare, describe_kwargs, shorten
-from course_lib.grading import transfer
+from course_lib.grading import sandbox, transfer
 from course_lib.grading.notebook import Submission, read_submission
 from course_lib.grading.sandbox import ChildResult, Limits
 from course_lib.grading.zygote import run_child
@@ -178,7 +177,7 @@ def grade_exercise(exercise: Exercise, submission: Submission, device: str, limi
     drawn += [_Drawn(Case(f"hidden random case {k + 1}", exercise.random_case(rng)), True)
               for k in range(num_random)]
     result["cases"] = len(drawn)
-    task_dir = Path(tempfile.mkdtemp(prefix="course-grade-"))  # the child's working directory
+    task_dir = sandbox.scratch_dir("course-grade")  # the child's working directory
     try:
         task = {
             "function": exercise.name, "cell": cell.number, "device": device,

@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,6 +177,39 @@ def child_identity(workdir: Path) -> Iterator[int | None]:
             with _uid_lock:
                 _uids_in_use.discard(uid)
                 _uid_lock.notify()
+
+
+def scratch_dir(kind: str) -> Path:
+    """A new temporary folder ``<kind>-<this pid>-<random>`` (see :func:`remove_stale_dirs`)."""
+    return Path(tempfile.mkdtemp(prefix=f"{kind}-{os.getpid()}-"))
+
+
+_SCRATCH = re.compile(r"^course-(grade|zygote|grade-zip)-(\d+)-")
+
+
+def remove_stale_dirs() -> list[Path]:
+    """Delete the temporary folders left by graders that no longer run; returns them.
+
+    A grader killed with ``SIGKILL`` cannot clean up: its children's working folders (and a
+    zip's extracted notebooks) stay in the temporary directory. Their names carry the grader's
+    process id; a folder whose process is gone is removed. (A reused process id only keeps a
+    folder until a later run.)
+    """
+    removed = []
+    for entry in Path(tempfile.gettempdir()).iterdir():
+        match = _SCRATCH.match(entry.name)
+        if not match or not entry.is_dir() or entry.is_symlink():
+            continue
+        try:
+            os.kill(int(match.group(2)), 0)
+            continue  # that grader still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # runs as another user
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 def tail(log, size: int = 4000) -> str:

@@ -63,7 +63,7 @@ class Zygote:
     """The parent's handle on one zygote process (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="course-zygote-"))
+        self.home = sandbox.scratch_dir("course-zygote")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         self.errors = tempfile.TemporaryFile()
