@@ -41,7 +41,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 unit: setup
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=25
 
 # Solutions are stored executed: nbval re-runs them and compares outputs.
 # Student notebooks must run top to bottom before anything is solved (lax: no comparison).

@@ -356,8 +356,11 @@ def test_ctrl_c_finishes_the_notebooks_in_progress_and_a_rerun_grades_the_rest(t
                "--timeout", "20", "--seed", "0"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
+    # A shell running this suite in the background may ignore SIGINT, and Python keeps an
+    # ignored SIGINT ignored: a terminal's grader has the default disposition.
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True)
+                             text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(out.glob("*.json")) and time.monotonic() < deadline:
         time.sleep(0.02)
