@@ -356,7 +356,7 @@ def test_child_environment_is_scrubbed(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/somewhere")
     env = child_env(tmp_path)
     assert set(env) <= {"PATH", "HOME", "TMPDIR", "LANG", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                        "CUDA_VISIBLE_DEVICES"}
+                        "CUDA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG"}
     assert env["HOME"] == str(tmp_path)
 
 

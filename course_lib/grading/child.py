@@ -43,6 +43,7 @@ def main(workdir: str, uid: str = "") -> None:
     sandbox.limit_cpu_and_files(task["cpu_s"], task["file_mb"])
     device = torch.device(task["device"])
     if device.type == "cuda":  # create the CUDA context and load cuBLAS before capping memory
+        deterministic_cuda()
         x = torch.ones(8, 8, device=device)
         (x @ x).sort()
         total = torch.cuda.get_device_properties(device).total_memory
@@ -79,6 +80,19 @@ def main(workdir: str, uid: str = "") -> None:
         result["seconds"] = time.perf_counter() - start
         result["forbidden"] = USES
         transfer.write_json(root / f"result_{i}.json", result)
+
+
+def deterministic_cuda() -> None:
+    """Full-precision, repeatable CUDA: no TF32, deterministic cuDNN and algorithms.
+
+    TF32 (cuDNN's default for convolutions on Ampere and later) rounds float32 inputs to 10
+    mantissa bits: a correct transposed convolution would then miss a 1e-5 tolerance.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _prepare(name: str | None):

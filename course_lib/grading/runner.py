@@ -7,6 +7,10 @@ cases of the exercise (:mod:`~course_lib.grading.sandbox`), reads the outputs ba
 and compares each with ``exercise.expected(case)`` computed here on CPU, using the exercise's
 tolerances (:func:`course_lib.exercises.core.compare`).
 
+On CUDA (``device="cuda"``, or ``"auto"`` with a GPU) the student's function runs on the GPU
+with TF32 off and deterministic algorithms, and float outputs are compared with the exercise's
+tolerances times :data:`CUDA_TOLERANCE_FACTOR` (the report's ``device`` says where it ran).
+
 Scoring: partial credit, ``points * passed_cases / all_cases``; a case the child never reported
 (time limit, crash, ``os._exit``) counts as not passed. The exercise's status is ``passed`` when
 every case passed; else ``timeout`` when the time limit stopped the child, ``error`` when it
@@ -27,7 +31,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -165,6 +169,8 @@ def grade_exercise(exercise: Exercise, submission: Submission, device: str, limi
         "name": exercise.name, "score": 0.0, "max_score": float(exercise.points),
         "status": "error", "passed": 0, "cases": 0, "feedback": "", "seconds": 0.0,
     }
+    if device.startswith("cuda") and not exercise.exact:
+        exercise = cuda_tolerances(exercise)
     cell = submission.cell_defining(exercise.name)
     if cell is None:
         result["feedback"] = submission.missing_message(exercise.name)
@@ -215,6 +221,20 @@ def grade_exercise(exercise: Exercise, submission: Submission, device: str, limi
                               f"written without it (it is what the exercise asks you to build). "
                               f"{result['feedback']}")
     return result
+
+
+CUDA_TOLERANCE_FACTOR = 10.0
+
+
+def cuda_tolerances(exercise: Exercise) -> Exercise:
+    """The exercise with ``atol`` and ``rtol`` times :data:`CUDA_TOLERANCE_FACTOR`.
+
+    Expected values are computed on CPU; a correct answer computed on the GPU differs from them
+    by its kernels' summation order (float32: about 1e-6 relative), not by TF32, which the
+    child turns off (:func:`course_lib.grading.child.deterministic_cuda`).
+    """
+    return replace(exercise, atol=exercise.atol * CUDA_TOLERANCE_FACTOR,
+                   rtol=exercise.rtol * CUDA_TOLERANCE_FACTOR)
 
 
 def _visible_only(drawn: list[_Drawn], verdicts: list[tuple[str, str]]) -> bool:

@@ -6,7 +6,8 @@ with what is not defended, is in ``docs/grading.md``:
 * a fresh temporary working directory holding only that exercise's inputs (the parent deletes it
   afterwards); ``HOME`` and ``TMPDIR`` point there;
 * a scrubbed environment: ``PATH``, ``HOME``, ``TMPDIR``, ``LANG``, one thread for
-  OpenMP/MKL, and ``CUDA_VISIBLE_DEVICES`` when the grader has it; Python runs isolated
+  OpenMP/MKL, cuBLAS's deterministic workspace setting, and ``CUDA_VISIBLE_DEVICES`` when the
+  grader has it; Python runs isolated
   (``-I``: no ``PYTHONPATH``, no user site, no current directory on ``sys.path``), and the only
   path added is the directory that holds ``course_lib`` (needed while the package is not
   pip-installed; harmless when it is). torch/numpy come from the interpreter's site-packages;
@@ -125,6 +126,7 @@ def child_env(workdir: Path) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
+        "CUBLAS_WORKSPACE_CONFIG": ":4096:8",  # deterministic cuBLAS (read when CUDA starts)
     }
     if "CUDA_VISIBLE_DEVICES" in os.environ:
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
