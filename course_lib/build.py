@@ -11,6 +11,8 @@
   indentation; the signature and the docstring, outside the markers, stay.
 * A cell tagged ``solution-only`` (a worked answer, a cell that only makes sense once the
   exercise is solved) is left out of the student version.
+* A speaker-notes cell (slide type ``notes``: what the instructor says, asks and watches the
+  clock for; the slide decks show it in the speaker view) is left out too.
 * Every code cell loses its outputs and execution count, and the notebook loses the widget
   state saved by the execution (``metadata.widgets``: rendered widget views are outputs too).
   Everything else is kept as it is: cell ids, tags, slide types, the rest of the notebook's
@@ -57,6 +59,7 @@ BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 EXERCISE_TAG = "exercise"
 SOLUTION_ONLY_TAG = "solution-only"
+NOTES = "notes"  # the slide type of a speaker-notes cell: instructors only
 STUB = 'raise NotImplementedError("{name}: write your solution here")'
 
 
@@ -187,9 +190,9 @@ def build_notebook(nb: NotebookNode, path: str | Path = "notebook") -> NotebookN
         path: names the notebook in error messages.
 
     Returns:
-        A new notebook: regions of ``exercise`` cells stubbed, ``solution-only`` cells
-        removed, code cells' outputs and execution counts and the saved widget state cleared,
-        everything else kept.
+        A new notebook: regions of ``exercise`` cells stubbed, ``solution-only`` cells and
+        speaker notes (slide type ``notes``) removed, code cells' outputs and execution
+        counts and the saved widget state cleared, everything else kept.
 
     Raises:
         BuildError: listing every problem found in the notebook, one line each.
@@ -199,10 +202,13 @@ def build_notebook(nb: NotebookNode, path: str | Path = "notebook") -> NotebookN
     for index, cell in enumerate(student.cells):
         where = f"{path}: cell {index}" + (f" (id {cell.id})" if "id" in cell else "")
         tags = cell.get("metadata", {}).get("tags", [])
-        if SOLUTION_ONLY_TAG in tags:
+        notes = cell.get("metadata", {}).get("slideshow", {}).get("slide_type") == NOTES
+        if SOLUTION_ONLY_TAG in tags or notes:
             if EXERCISE_TAG in tags:
-                problems.append(f"{where}: tagged both {EXERCISE_TAG!r} and "
-                                f"{SOLUTION_ONLY_TAG!r}; keep one")
+                why = (f"tagged both {EXERCISE_TAG!r} and {SOLUTION_ONLY_TAG!r}"
+                       if SOLUTION_ONLY_TAG in tags else
+                       f"tagged {EXERCISE_TAG!r} but a speaker-notes cell (slide type {NOTES!r})")
+                problems.append(f"{where}: {why}; keep one")
             continue
         try:
             if EXERCISE_TAG in tags:

@@ -189,6 +189,26 @@ def test_solution_only_cells_removed_and_everything_else_kept():
                                                           solution.nbformat_minor)
 
 
+def test_speaker_notes_do_not_reach_the_student_version():
+    solution = make_solution()
+    notes = new_markdown_cell("Ask: what is 2 x 3? (1 minute)", metadata=slide("notes"))
+    solution.cells.insert(3, notes)
+    student = build_notebook(solution)
+    assert notes.id not in [c.id for c in student.cells]
+    assert "Ask:" not in notebook_text(student)
+    kept = [c.id for c in solution.cells
+            if c is not notes and "solution-only" not in c.metadata.get("tags", [])]
+    assert [c.id for c in student.cells] == kept  # only the notes (and solution-only) go
+    assert solution.cells[3] is notes  # the source keeps its notes
+
+
+def test_speaker_notes_cell_tagged_exercise_is_a_build_error():
+    solution = make_solution()
+    solution.cells[2].metadata.slideshow.slide_type = "notes"  # the SCALE exercise
+    with pytest.raises(BuildError, match=r"cell 2 .*tagged 'exercise' but a speaker-notes"):
+        build_notebook(solution)
+
+
 def test_source_notebook_is_not_modified():
     solution = make_solution()
     before = copy.deepcopy(solution)

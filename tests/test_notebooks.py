@@ -44,6 +44,16 @@ def test_every_cell_has_slide_metadata_and_the_deck_opens_with_a_title(notebook)
     assert first.metadata.slideshow.slide_type == "slide"
 
 
+def test_every_lesson_has_speaker_notes_for_the_instructor(notebook):
+    # markdown cells of slide type "notes": the decks' speaker view, never the student version
+    notes = [cell for cell in notebook.cells
+             if cell.metadata.get("slideshow", {}).get("slide_type") == "notes"]
+    assert 3 <= len(notes) <= 6
+    assert all(cell.cell_type == "markdown" and cell.source.strip() for cell in notes)
+    assert notebook.cells[1] in notes, "the title slide's notes give the lesson's timing"
+    assert "Timing" in notebook.cells[1].source
+
+
 def test_exercises_match_the_lesson_table_and_each_is_self_checked(notebook):
     exercises = load_lesson(notebook.metadata["course"]["lesson"])
     defined = []

@@ -10,6 +10,16 @@ Used by test_lab_widgets.py; a new widget's test needs three calls::
         press(cell.locator(".widget-slider").first, "ArrowLeft", 10)
         wait_for_text(cell, "IoU = 0.339")
 
+A widget that needs no lesson around it is cheaper to test in a scratch notebook:
+``scratch_notebook(lab.root / "widgets.ipynb", [source, ...])`` writes one code cell per source,
+and ``control(cell, "stride")`` / ``button(cell, "Run to end")`` find a control by its label.
+
+Keys that drive a control in JupyterLab (the notebook is in command mode while a widget has the
+focus, and JupyterLab's shortcuts take the keys they are bound to): a slider, ArrowLeft /
+ArrowRight (one step), Home / End; a dropdown, Home / End / PageUp / PageDown (ArrowUp /
+ArrowDown select another cell instead, and letters are shortcuts too); a button, a toggle
+button or a checkbox, Enter or Space.
+
 The server (:class:`JupyterLab`) listens on 127.0.0.1 on a free port, without a token (tests
 only), with news and update checks off, autosave off and every cell rendered (no windowing, so
 the page holds every cell). It serves a temporary copy of the notebooks it is given, so running
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,6 +41,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -205,6 +217,25 @@ def run_all(page, timeout: float = 600.0) -> list[str]:
         }""")
 
 
+def scratch_notebook(path: Path, cells: Sequence[str]) -> Path:
+    """Write a notebook of code cells (Python 3 kernel, not run) to ``path``.
+
+    Put it in :attr:`JupyterLab.root` and open it with :meth:`JupyterLab.open`: a test can
+    show several widgets with cheap arguments without running a whole lesson.
+
+    Returns:
+        ``path``.
+    """
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    nbformat.write(notebook, str(path))
+    return path
+
+
 def widget_cell(page, source: str):
     """The code cell whose source contains ``source``, once its widget is drawn.
 
@@ -213,20 +244,60 @@ def widget_cell(page, source: str):
     """
     cell = page.locator(".jp-CodeCell").filter(
         has=page.locator(".jp-InputArea", has_text=source)).first
-    cell.locator(".jupyter-widgets").first.wait_for()
+    # the first visible one: a widget's empty description label is in the DOM but hidden
+    cell.locator(".jp-OutputArea .jupyter-widgets").filter(visible=True).first.wait_for()
     cell.scroll_into_view_if_needed()
     return cell
 
 
+def control(cell, label: str):
+    """The control (slider, dropdown, checkbox, ...) of ``cell`` whose description is ``label``.
+
+    The whole label must match (``"stride"`` does not find ``"stride s"``).
+    """
+    exact = re.compile(rf"^\s*{re.escape(label)}\s*$")
+    return cell.locator(".widget-inline-hbox").filter(
+        has=cell.page.locator(".widget-label", has_text=exact)).first
+
+
+def button(cell, name: str):
+    """The button (or toggle button) of ``cell`` that says ``name``."""
+    return cell.get_by_role("button", name=name, exact=True).first
+
+
 def press(control, key: str, times: int = 1) -> None:
-    """Focus a widget control (a slider's handle, a button) and press ``key`` ``times`` times."""
-    handle = control.locator(".noUi-handle").first if control.locator(
-        ".noUi-handle").count() else control
-    handle.focus()
+    """Focus a widget control and press ``key`` ``times`` times.
+
+    ``control`` may be the control's whole box (``control(cell, label)``, a
+    ``.widget-slider``): the key goes to a slider's handle, a dropdown's ``select`` or a
+    checkbox's ``input`` inside it, else to ``control`` itself (a button).
+    """
+    target = control
+    for inner in (".noUi-handle", "select", "input[type=checkbox]"):
+        if control.locator(inner).count():
+            target = control.locator(inner).first
+            break
+    target.focus()
     for _ in range(times):
-        handle.press(key)
+        target.press(key)
+
+
+def readouts(cell) -> list[str]:
+    """The text of the widget's HTML readouts in ``cell`` (for messages)."""
+    return [text.strip() for text in cell.locator(".widget-html").all_inner_texts()]
 
 
 def wait_for_text(locator, text: str, timeout: float = 30.0) -> None:
-    """Wait until ``locator`` shows ``text`` (a kernel round trip per change)."""
-    locator.filter(has_text=text).first.wait_for(timeout=timeout * 1000)
+    """Wait until ``locator`` shows ``text`` (a kernel round trip per change).
+
+    Raises:
+        AssertionError: after ``timeout`` seconds, with what the readouts show instead.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        locator.filter(has_text=text).first.wait_for(timeout=timeout * 1000)
+    except PlaywrightTimeout:
+        shown = "\n".join(readouts(locator)) or locator.inner_text()[:2000]
+        raise AssertionError(f"{text!r} not shown after {timeout:.0f} s; the widget shows:\n"
+                             f"{shown}") from None
