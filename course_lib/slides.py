@@ -314,7 +314,9 @@ def exporter_config(vendor: str = "vendor"):
     c.SlidesExporter.reveal_number = "c/t"
     c.SlidesExporter.reveal_width = str(SLIDE_SIZE[0])
     c.SlidesExporter.reveal_height = str(SLIDE_SIZE[1])
-    c.SlidesExporter.reveal_scroll = True  # a slide taller than the screen scrolls
+    # A slide taller than 720 px scrolls: the template does it; nbconvert's reveal_scroll would
+    # also clip slides of 684 to 720 px (95 % of the window) that fit.
+    c.SlidesExporter.reveal_scroll = False
     c.SlidesExporter.require_js_url = url("requirejs", "require.js")
     c.SlidesExporter.jquery_url = url("jquery", "dist/jquery.min.js")
     c.SlidesExporter.mathjax_url = url("mathjax", "MathJax.js?config=TeX-AMS_CHTML-full,Safe")

@@ -10,8 +10,9 @@ Three groups:
 * each deck opened from ``file://`` in headless Chromium (tests/browser/chromium.py; skipped
   without playwright or Chromium): reveal.js ready, one slide per ``slide``/``subslide`` cell,
   formulas typeset by MathJax, every widget drawn from its saved state, no request leaving the
-  machine, no JavaScript error. Lesson 05's test saves screenshots to ``slides/screenshots/``
-  (the README shows one).
+  machine, no JavaScript error, and every slide (all its fragments shown) fits the 1280 x 720
+  page unless one cell on it is taller than the page by itself (:func:`too_tall`). Lesson 05's
+  test saves screenshots to ``slides/screenshots/`` (the README shows one).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ SCREENSHOTS = ROOT / "slides" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 720}
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 CURRENT_SLIDE = ".reveal .slides section.present:not(.stack)"  # a .stack holds sub-slides
+FIT_TOLERANCE = 10  # px over the page's 720 that still count as fitting
+SHORT = 180  # px: a short intro or caption (a heading and a few lines) beside an oversized cell
 
 
 # ----------------------------------------------------------------------------- without network
@@ -300,6 +303,42 @@ def open_deck(browser, deck: Path):
     return page, problems
 
 
+SLIDE_HEIGHTS = """() => {
+    const found = Reveal.getSlides().map((slide, n) => {
+        const i = Reveal.getIndices(slide);
+        Reveal.slide(i.h, i.v, 1000);  // displayed, every fragment shown
+        const cells = [...slide.querySelectorAll('.jp-Cell')]
+            .filter(cell => !cell.closest('aside.notes')).map(cell => cell.offsetHeight);
+        return {number: n + 1, height: slide.scrollHeight, cells,
+                text: slide.innerText.trim().replace(/\\s+/g, ' ').slice(0, 60)};
+    });
+    Reveal.slide(0, 0, 0);
+    return found; }"""
+
+
+def too_tall(page) -> list[str]:
+    """The slides of the open deck that are taller than the page and should not be.
+
+    A slide taller than 720 px (all its fragments shown) is accepted only when no slide type can
+    make it fit: one cell on it is taller than the page by itself (an exercise's code with its
+    docstring, a code cell with its figure; a cell cannot be split without changing the
+    notebook), and what shares the slide with it is at most a short intro before it and a short
+    caption after it (``SHORT`` px each). Anything more goes to a sub-slide of its own.
+    """
+    limit = VIEWPORT["height"] + FIT_TOLERANCE
+    wrong = []
+    for slide in page.evaluate(SLIDE_HEIGHTS):
+        if slide["height"] <= limit:
+            continue
+        cells = slide["cells"]
+        big = [k for k, height in enumerate(cells) if height > limit]
+        if len(big) == 1 and sum(cells[:big[0]]) <= SHORT and sum(cells[big[0] + 1:]) <= SHORT:
+            continue
+        wrong.append(f"slide {slide['number']} is {slide['height']} px (cells {cells}): "
+                     f"{slide['text']!r}")
+    return wrong
+
+
 def show(page, section_text: str) -> None:
     """Go to the first slide whose text contains ``section_text``, all fragments shown."""
     found = page.evaluate("""(text) => {
@@ -329,6 +368,9 @@ def test_deck_opens_offline_with_slides_formulas_and_widgets(decks, browser, les
             >= want["widgets"]
         assert "Error displaying widget" not in page.inner_text("body")
         assert problems == []
+        # Split with slide types: e.g. an exercise's code starts a sub-slide when the exercise
+        # does not fit on one, and its check(...) follows on the code's sub-slide if it fits.
+        assert too_tall(page) == [], f"slides taller than {VIEWPORT['height']} px"
     finally:
         page.close()
 
