@@ -227,11 +227,11 @@ def test_malformed_notebook_gets_an_error_report(graded_class, student):
 def test_infinite_loop_times_out_and_the_rest_gets_full_marks(tmp_path):
     path = make_notebook(tmp_path / "carol.ipynb",
                          "def add_boxes(a, b):\n    while True:\n        pass\n", COUNT)
-    report = grade_notebook(path, device="cpu", timeout=10, seed=0)
+    report = grade_notebook(path, device="cpu", timeout=4, seed=0)  # forked: no torch import
     loop, count = exercise(report, "add_boxes"), exercise(report, "count_positive")
     assert loop["status"] == "timeout" and loop["score"] == 0
-    assert "time limit (10 s" in loop["feedback"]
-    assert loop["seconds"] < 10 + 2
+    assert "time limit (4 s" in loop["feedback"]
+    assert loop["seconds"] < 4 + 2
     assert count["status"] == "passed" and count["score"] == 1.0
 
 

@@ -213,7 +213,7 @@ ATTACKS: tuple[Attack, ...] = (
         ctypes.string_at(0)
         """),
     # --- resources ----------------------------------------------------------------------------
-    Attack("infinite_loop", "never return", statuses=("timeout",), timeout=10.0, body="""
+    Attack("infinite_loop", "never return", statuses=("timeout",), timeout=4.0, body="""
         while True:
             pass
         """),

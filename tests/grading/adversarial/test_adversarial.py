@@ -76,8 +76,8 @@ def grade(attack: Attack, tmp_path: Path) -> tuple[dict, dict]:
     out = tmp_path / "grades"
     out.mkdir()
     submission = read_submission(make(attack, tmp_path / f"{attack.name}.ipynb", str(out)))
-    jobs = [(attack.target, Limits(timeout_s=attack.timeout, memory_mb=1024), 2),
-            (_honest(attack), Limits(timeout_s=30, memory_mb=1024), 1)]
+    jobs = [(attack.target, Limits(timeout_s=attack.timeout, memory_mb=512), 2),
+            (_honest(attack), Limits(timeout_s=30, memory_mb=512), 1)]
     with ThreadPoolExecutor(2) as pool:
         attacked, honest = pool.map(
             lambda job: grade_exercise(EXERCISES[job[0]], submission, "cpu", job[1],
