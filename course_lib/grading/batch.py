@@ -159,6 +159,8 @@ def grade_submissions(
     sandbox.remove_stale_dirs()  # what a grader killed with SIGKILL left in the temporary folder
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # No child may write a report or read a classmate's notebook.
+    sandbox.protect([out, *{s.path.parent for s in submissions}])
     done: dict[int, dict[str, Any]] = {}
     unsaved: list[str] = []
     bar = tqdm(total=len(submissions), unit="notebook", desc="grading", file=sys.stderr,

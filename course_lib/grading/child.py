@@ -52,7 +52,8 @@ def main(workdir: str, uid: str = "") -> None:
     prepare = _prepare(task.get("prepare"))  # resolved before any student code runs
     guard = Guard(task.get("forbidden", []), root / "forbidden.json")
     sandbox.limit_memory(task["memory_mb"])  # after the guard's imports (torchvision)
-    sandbox.isolate(int(uid) if uid else None, guard.dirs + guard.files)
+    sandbox.isolate(int(uid) if uid else None,
+                    guard.dirs + guard.files + [str(p) for p in task.get("hide", [])])
     guard.activate()
 
     namespace: dict[str, Any] = {"__name__": "__main__"}

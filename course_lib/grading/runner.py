@@ -188,6 +188,7 @@ def grade_exercise(exercise: Exercise, submission: Submission, device: str, limi
         task = {
             "function": exercise.name, "cell": cell.number, "device": device,
             "prepare": _import_name(exercise.prepare), "forbidden": list(exercise.forbidden_apis),
+            "hide": sandbox.protected(),
             "cpu_s": limits.cpu_s, "file_mb": limits.file_mb, "memory_mb": limits.memory_mb,
             "cells": [{"number": c.number, "source": c.source} for c in submission.cells
                       if not c.syntax_error],

@@ -297,12 +297,15 @@ def isolate(uid: int | None, hide: list[str]) -> list[str]:
     As root (``uid`` given): new network and mount namespaces (mounts made private first, so
     nothing propagates to the host), an empty read-only ``tmpfs`` over each directory of
     ``hide`` and ``/dev/null`` over each file of it, then all groups dropped and ``uid``/``gid``
-    set (this also drops every capability), then ``RLIMIT_NPROC``. Otherwise: a network
-    namespace inside a new user namespace where the kernel allows it, and ``RLIMIT_NPROC`` at
-    the processes this user already has plus :data:`CHILD_THREADS`.
+    set (this also drops every capability), then ``RLIMIT_NPROC``. Otherwise: network and
+    mount namespaces inside a new user namespace where the kernel allows unprivileged ones,
+    with ``hide`` covered the same way, and ``RLIMIT_NPROC`` at the processes this user already
+    has plus :data:`CHILD_THREADS`. A path of ``hide`` that holds the child's folder, Python or
+    ``course_lib`` is left visible (covering it would break the child).
     """
     done = []
     libc = _libc()
+    hide = [path for path in hide if _can_hide(path)]
     if uid is not None:
         if libc is not None and libc.unshare(_CLONE_NEWNET | _CLONE_NEWNS) == 0:
             done.append("network namespace")
@@ -319,10 +322,54 @@ def isolate(uid: int | None, hide: list[str]) -> list[str]:
         _limit_processes(_threads_of(uid) + CHILD_THREADS)
     else:
         count = _threads_of(os.getuid())  # before the new user namespace renames our uid
-        if libc is not None and libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0:
+        if libc is not None and libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET | _CLONE_NEWNS) == 0:
+            done.append("network namespace")
+            if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0:
+                done += [f"hid {path}" for path in hide if _hide(libc, path)]
+        elif libc is not None and libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0:
             done.append("network namespace")
         _limit_processes(count + CHILD_THREADS)
     return done
+
+
+def hides_without_root() -> bool:
+    """Whether a non-root grader's children get a mount namespace (tried in a throwaway fork).
+
+    True where the kernel allows unprivileged user namespaces.
+    """
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        libc = _libc()
+        ok = libc is not None and libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) == 0
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def _can_hide(path: str) -> bool:
+    """Whether covering ``path`` leaves the child what it needs (its folder, Python, course_lib)."""
+    real = os.path.realpath(path)
+    needed = [os.getcwd(), *_needed_paths()]
+    return not any(n == real or n.startswith(real.rstrip(os.sep) + os.sep) for n in needed)
+
+
+# Paths every child must not see, besides the repository's and the forbidden modules': what
+# the grader is working on (the output folder, the submissions). Set by the batch.
+_protected: set[str] = set()
+
+
+def protect(paths) -> None:
+    """Hide these files and folders from every child started from now on (see :func:`isolate`).
+
+    The batch protects its output folder (no child may write a report) and the submissions (no
+    child may read another student's notebook).
+    """
+    _protected.update(os.path.realpath(p) for p in paths)
+
+
+def protected() -> list[str]:
+    """The paths :func:`protect` was given, sorted."""
+    return sorted(_protected)
 
 
 def _libc():

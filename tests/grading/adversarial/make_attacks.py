@@ -188,6 +188,26 @@ ATTACKS: tuple[Attack, ...] = (
         exec(source, namespace)
         return namespace["nms"](boxes, scores, iou_threshold)
         """),
+    Attack("copy_a_classmate", "exec the nms cell of a classmate's notebook found beside the "
+           "submission", statuses=("failed", "error"), body=f"""
+        import glob, json, math, os
+        folder = os.path.dirname("{OUT_DIR_TOKEN}")  # the submissions: beside the grades
+        for path in sorted(glob.glob(os.path.join(folder, "*.ipynb"))):
+            if path.endswith("copy_a_classmate.ipynb"):
+                continue
+            try:
+                with open(path) as f:
+                    cells = json.load(f)["cells"]
+            except (OSError, ValueError, KeyError):
+                continue
+            for cell in cells:
+                source = "".join(cell["source"])
+                if "def nms(" in source:
+                    found = {{"torch": torch, "math": math}}
+                    exec(source, found)
+                    return found["nms"](boxes, scores, iou_threshold)
+        {WRONG}
+        """),
     Attack("read_outside_files", "read /etc/shadow and other exercises' working folders",
            statuses=("error",), body="""
         import glob

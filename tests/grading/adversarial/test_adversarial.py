@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from make_attacks import ATTACKS, BACKGROUND_MARKER, NOTEBOOK_ATTACKS, Attack, make
+from make_attacks import ATTACKS, BACKGROUND_MARKER, NOTEBOOK_ATTACKS, SOURCE, Attack, make
 
 from course_lib.exercises import load_lesson
 from course_lib.grading import grade_notebook, sandbox
@@ -29,15 +30,19 @@ pytestmark = pytest.mark.slow
 EXERCISES = load_lesson("05")
 ROOT = os.geteuid() == 0
 SEED = 20261128  # fixed: a rare hidden-case disagreement must not make the battery flaky
+NEEDS_MOUNTS = {  # root, or a non-root grader where unprivileged user namespaces are allowed
+    "read_solution_with_cat": "no mount namespace (not root, no unprivileged user namespaces): "
+                              "a program the child starts (cat) can still read solutions/",
+}
 NEEDS_ROOT = {
-    "read_solution_with_cat": "no mount namespace without root: a program the child starts "
-                              "(cat) can still read solutions/",
     "background_overwrite": "no per-child user id without root: a process that calls setsid "
                             "leaves the process group and survives the child",
 }
 
 
 def _marks(attack: Attack) -> list:
+    if attack.name in NEEDS_MOUNTS and not (ROOT or sandbox.hides_without_root()):
+        return [pytest.mark.xfail(strict=True, reason=NEEDS_MOUNTS[attack.name])]
     if attack.name in NEEDS_ROOT and not ROOT:
         return [pytest.mark.xfail(strict=True, reason=NEEDS_ROOT[attack.name])]
     return []
@@ -76,6 +81,8 @@ def grade(attack: Attack, tmp_path: Path) -> tuple[dict, dict]:
     out = tmp_path / "grades"
     out.mkdir()
     submission = read_submission(make(attack, tmp_path / f"{attack.name}.ipynb", str(out)))
+    shutil.copy(SOURCE, tmp_path / "classmate.ipynb")  # an honest classmate's submission
+    sandbox.protect([out, tmp_path])  # as the batch protects its output and submissions
     jobs = [(attack.target, Limits(timeout_s=attack.timeout, memory_mb=512), 2),
             (_honest(attack), Limits(timeout_s=30, memory_mb=512), 1)]
     with ThreadPoolExecutor(2) as pool:
