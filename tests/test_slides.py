@@ -269,10 +269,7 @@ def test_the_vendored_theme_uses_no_web_font(decks):
 
 @pytest.fixture(scope="module")
 def browser():
-    reason = chromium.skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with chromium.launch() as browser:
+    with chromium.launch() as browser:  # skips the module without a browser
         yield browser
 
 

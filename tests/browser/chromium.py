@@ -44,7 +44,15 @@ def skip_reason() -> str | None:
 
 @contextmanager
 def launch() -> Iterator:
-    """A headless playwright ``Browser`` running the system Chromium; closed on exit."""
+    """A headless playwright ``Browser`` running the system Chromium; closed on exit.
+
+    In a test, the test is skipped with :func:`skip_reason` when there is no browser.
+    """
+    reason = skip_reason()
+    if reason:
+        import pytest
+
+        pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
