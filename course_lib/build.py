@@ -464,6 +464,14 @@ def verify_table(checks: list[LessonCheck]) -> str:
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
+def _problems(err: BuildError, command: str, outcome: str) -> int:
+    """Print a :class:`BuildError`'s problems and their count to stderr; the exit status 2."""
+    for problem in err.problems:
+        print(problem, file=sys.stderr)
+    print(f"{command}: {len(err.problems)} problem(s) in the sources{outcome}", file=sys.stderr)
+    return 2
+
+
 def _verify_main(solutions: Path, notebooks: Path, only: list[str] | None, jobs: int) -> int:
     def progress(check: LessonCheck) -> None:
         print(f"{check.name}: {'ok' if check.ok else 'FAIL'} ({check.seconds:.0f} s)", flush=True)
@@ -472,11 +480,7 @@ def _verify_main(solutions: Path, notebooks: Path, only: list[str] | None, jobs:
     try:
         checks = verify_lessons(solutions, notebooks, only=only, jobs=jobs, on_check=progress)
     except BuildError as err:
-        for problem in err.problems:
-            print(problem, file=sys.stderr)
-        print(f"course-build --verify: {len(err.problems)} problem(s) in the sources",
-              file=sys.stderr)
-        return 2
+        return _problems(err, "course-build --verify", "")
     print()
     print(verify_table(checks))
     failed = [c for c in checks if not c.ok]
@@ -547,11 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         report = build_all(solutions, notebooks, check=args.check,
                            only=args.notebooks_only or None)
     except BuildError as err:
-        for problem in err.problems:
-            print(problem, file=sys.stderr)
-        print(f"course-build: {len(err.problems)} problem(s) in the sources; nothing written",
-              file=sys.stderr)
-        return 2
+        return _problems(err, "course-build", "; nothing written")
 
     for path in report.written:
         print(f"{_show(path)}: written")
