@@ -177,6 +177,50 @@ def test_objects_overlap(detection_scenes):
     assert overlapping > 40
 
 
+def test_clean_scenes_keep_objects_whole_and_apart_on_a_plain_gradient():
+    for i in range(40):
+        image, target = make_scene([5, 0, i], image_size=64, kind="segmentation",
+                                   num_classes=3, min_objects=8, max_objects=20, style="clean")
+        masks = target["masks"].bool()  # (N, H, W)
+        assert 1 <= len(masks) and set(target["labels"].tolist()) <= {1, 2, 3}
+        # apart: no pixel of an object is next to (8-neighbourhood) a pixel of another one
+        grown = torch.nn.functional.max_pool2d(masks[:, None].float(), 3, 1, 1)[:, 0] > 0
+        for k in range(len(masks)):
+            others = masks.sum(0).bool() & ~masks[k]
+            assert not (grown[k] & others).any(), f"scene {i}: object {k} touches another"
+        # plain: off the objects (and their anti-aliased rim), a plane per channel explains
+        # the background up to the grain: no noise blobs, stripes or clutter
+        background = ~grown.any(0)
+        rows, cols = background.nonzero(as_tuple=True)
+        design = torch.stack([torch.ones_like(rows), rows, cols], 1).double()  # (P, 3)
+        pixels = image[:, rows, cols].T.double()  # (P, 3)
+        plane = torch.linalg.lstsq(design, pixels).solution
+        assert (pixels - design @ plane).std() < 0.03, f"scene {i}"
+
+
+def test_natural_scenes_are_not_plain():
+    # the same plane fit on the natural style's background leaves texture (noise, clutter)
+    residuals = []
+    for i in range(20):
+        image, target = make_scene([5, 0, i], image_size=64, kind="segmentation", num_classes=3)
+        background = target["semantic"] == 0
+        rows, cols = background.nonzero(as_tuple=True)
+        design = torch.stack([torch.ones_like(rows), rows, cols], 1).double()
+        pixels = image[:, rows, cols].T.double()
+        plane = torch.linalg.lstsq(design, pixels).solution
+        residuals.append((pixels - design @ plane).std().item())
+    assert np.median(residuals) > 0.03
+
+
+def test_clean_style_is_cached_apart(tmp_path):
+    kw = dict(num_images=2, kind="segmentation", image_size=64, root=tmp_path, progress=False)
+    natural, clean = SyntheticShapes(**kw), SyntheticShapes(**kw, style="clean")
+    assert natural.cache_path != clean.cache_path
+    assert not torch.equal(natural[0][0], clean[0][0])
+    assert_same_sample(clean[1], make_scene(clean.scene_seed(1), 64, "segmentation",
+                                            image_id=1, style="clean"))
+
+
 def test_num_classes_limits_labels():
     labels = torch.cat([make_scene(i, num_classes=2)[1]["labels"] for i in range(20)])
     assert set(labels.tolist()) == {1, 2}
@@ -185,6 +229,8 @@ def test_num_classes_limits_labels():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="kind"):
         make_scene(0, kind="panoptic")
+    with pytest.raises(ValueError, match="style must be one of"):
+        make_scene(0, style="cartoon")
     with pytest.raises(ValueError, match="image_size"):
         make_scene(0, image_size=32)
     with pytest.raises(ValueError, match="num_classes"):

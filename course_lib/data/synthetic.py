@@ -72,6 +72,12 @@ SHAPES = ("circle", "square", "triangle", "star", "ring")
 """The classes: label ``k`` is ``SHAPES[k - 1]``; ``num_classes=C`` uses the first C."""
 
 KINDS = ("single", "detection", "segmentation")
+STYLES = ("natural", "clean")
+"""``"natural"``: the scenes described above. ``"clean"``: a plain colour gradient (no noise,
+stripes or clutter) and objects that lie wholly inside the image and apart from each other
+(never touching, never hidden): what lesson 07's one-minute U-Net learns (the shapes are told
+apart by their outline, with nothing in the way)."""
+CLEAN_GAP = 1.5  # "clean": pixels kept free around every object
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 GENERATOR_VERSION = 1
@@ -283,6 +289,7 @@ def make_scene(
     min_objects: int | None = None,
     max_objects: int | None = None,
     image_id: int = 0,
+    style: str = "natural",
 ) -> tuple[torch.Tensor, dict]:
     """Make one synthetic scene and its ground truth.
 
@@ -302,6 +309,9 @@ def make_scene(
             fewer.
         max_objects: most objects planned.
         image_id: stored in the target as ``"image_id"``.
+        style: ``"natural"`` or ``"clean"`` (see :data:`STYLES`). An object that does not fit
+            a clean scene (whole, apart from the others) is dropped, so clean scenes at 64 px
+            hold fewer objects than planned.
 
     Returns:
         ``(image, target)``: image Tensor[3, H, W] float32 in [0, 1] (exactly a uint8 image
@@ -311,14 +321,15 @@ def make_scene(
         ValueError: if an argument is out of range.
     """
     min_objects, max_objects = _check_scene_args(image_size, kind, num_classes, min_objects,
-                                                 max_objects)
+                                                 max_objects, style)
     image, instances, labels = _generate(seed, image_size, kind, num_classes, min_objects,
-                                         max_objects)
+                                         max_objects, style)
     return _as_sample(image, instances, labels, image_id)
 
 
-def _generate(seed, size, kind, num_classes, min_objects, max_objects):
+def _generate(seed, size, kind, num_classes, min_objects, max_objects, style="natural"):
     """The scene as arrays: image (3, H, W) uint8, instance map (H, W) uint8, labels (N,)."""
+    clean = style == "clean"
     rng = np.random.default_rng(seed)
     plan = _plan_objects(rng, size, kind, num_classes, min_objects, max_objects)
 
@@ -327,15 +338,16 @@ def _generate(seed, size, kind, num_classes, min_objects, max_objects):
     layers: list[_Layer] = []
     for label, side in plan:
         for _ in range(PLACEMENT_TRIES):
-            layer = _place(rng, label, side, size, kind, layers, occupied)
+            layer = _place(rng, label, side, size, kind, layers, occupied, clean)
             if layer is not None:
                 occupied[layer.rows, layer.cols] |= layer.sdf <= 0
                 layers.append(layer)
                 break
 
     # Paint, bottom layer first.
-    canvas = _background(rng, size)  # (H, W, 3) float64
-    _paint_clutter(rng, canvas)
+    canvas = _background(rng, size, clean)  # (H, W, 3) float64
+    if not clean:
+        _paint_clutter(rng, canvas)
     instances = np.zeros((size, size), dtype=np.uint8)  # (H, W) 0 = background, k = object k
     labels = []
     for k, layer in enumerate(reversed(layers)):
@@ -375,8 +387,12 @@ def _plan_objects(rng, size, kind, num_classes, min_objects, max_objects):
     return [(labels[i], sides[i]) for i in order]
 
 
-def _place(rng, label, side, size, kind, layers, occupied) -> _Layer | None:
-    """Draw a position and rotation for one object; ``None`` when too little of it shows."""
+def _place(rng, label, side, size, kind, layers, occupied, clean=False) -> _Layer | None:
+    """Draw a position and rotation for one object; ``None`` when too little of it shows.
+
+    ``clean``: the object must lie wholly inside the image, ``CLEAN_GAP`` pixels away from
+    every object placed before; else ``None``.
+    """
     name = SHAPES[label - 1]
     inner = {"star": rng.uniform(0.42, 0.52), "ring": rng.uniform(0.45, 0.65)}.get(name, 0.0)
     radius = side / math.sqrt(_area_factor(name, inner))
@@ -392,9 +408,9 @@ def _place(rng, label, side, size, kind, layers, occupied) -> _Layer | None:
         shape.cx, shape.cy = rng.uniform(hx + 1, size - hx - 1), rng.uniform(hy + 1, size - hy - 1)
     else:  # the centre inside; up to ~40% of a shape may leave the image, but large ones
         # stay inside as far as they can (cut, most of them would not be large any more)
-        keep_in = 1.0 if side >= LARGE_SIDE_MIN else 0.6
+        keep_in = 1.0 if side >= LARGE_SIDE_MIN or clean else 0.6
         mx, my = min(keep_in * hx, size / 2), min(keep_in * hy, size / 2)
-        if kind == "segmentation" and layers and rng.random() < CLUSTER_PROB:
+        if kind == "segmentation" and not clean and layers and rng.random() < CLUSTER_PROB:
             other = layers[int(rng.integers(len(layers)))].shape  # put it against this one
             ux, uy = _unit_vector(rng)
             dist = (other.radius + radius) * rng.uniform(0.35, 0.85)
@@ -413,13 +429,18 @@ def _place(rng, label, side, size, kind, layers, occupied) -> _Layer | None:
     sdf = sdf[rows.start - r0:rows.stop - r0, cols.start - c0:cols.stop - c0]
     visible = (sdf <= 0) & ~occupied[rows, cols]
     shown = int(visible.sum())
+    if clean and (shown < full or ((sdf <= CLEAN_GAP) & occupied[rows, cols]).any()):
+        return None
     if shown < MIN_VISIBLE_PIXELS or shown < MIN_VISIBLE_FRACTION * full:
         return None
     return _Layer(label, shape, rows, cols, sdf, visible)
 
 
-def _background(rng, size) -> np.ndarray:
-    """Colour gradient + low-frequency noise + sometimes stripes: (H, W, 3) float64."""
+def _background(rng, size, clean=False) -> np.ndarray:
+    """Colour gradient + low-frequency noise + sometimes stripes: (H, W, 3) float64.
+
+    ``clean``: the colour gradient only.
+    """
     xs = (np.arange(size) + 0.5)[None, :]  # (1, W)
     ys = (np.arange(size) + 0.5)[:, None]  # (H, 1)
     base = rng.uniform(0.15, 0.85) + rng.uniform(-0.15, 0.15, 3)  # (3,) a muted colour
@@ -427,6 +448,8 @@ def _background(rng, size) -> np.ndarray:
     ux, uy = _unit_vector(rng)
     ramp = ((xs - size / 2) * ux + (ys - size / 2) * uy) / size  # (H, W) in about [-0.7, 0.7]
     canvas = base + ramp[..., None] * tilt  # (H, W, 1) * (3,) -> (H, W, 3)
+    if clean:
+        return canvas
 
     cells = int(rng.integers(3, 8))  # low-frequency noise: a coarse grid, smoothly enlarged
     grid = rng.uniform(-1.0, 1.0, (cells, cells, 3)) * rng.uniform(0.04, 0.15)
@@ -516,7 +539,10 @@ def _as_sample(image: np.ndarray, instances: np.ndarray, labels: np.ndarray, ima
     return image_t, instances_to_target(instances, labels, image_id)
 
 
-def _check_scene_args(image_size, kind, num_classes, min_objects, max_objects):
+def _check_scene_args(image_size, kind, num_classes, min_objects, max_objects,
+                      style="natural"):
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not isinstance(image_size, int | np.integer) or not 64 <= image_size <= 256:
@@ -556,6 +582,7 @@ class SyntheticShapes(Dataset):
         max_objects: see ``make_scene``.
         root: the cache folder; default ``data_dir() / "synthetic"``.
         progress: show a progress bar while a cache is being generated.
+        style: ``"natural"`` or ``"clean"`` (see :data:`STYLES`).
 
     ``dataset[i]`` returns ``(image, target)``: image Tensor[3, H, W] float32 in [0, 1] and
     the target of ``make_scene`` with ``image_id = i``.
@@ -576,6 +603,7 @@ class SyntheticShapes(Dataset):
         max_objects: int | None = None,
         root: str | os.PathLike | None = None,
         progress: bool = True,
+        style: str = "natural",
     ):
         if split not in SPLIT_CODES:
             raise ValueError(f"split must be one of {tuple(SPLIT_CODES)}, got {split!r}")
@@ -584,7 +612,8 @@ class SyntheticShapes(Dataset):
         if not isinstance(seed, int | np.integer) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.min_objects, self.max_objects = _check_scene_args(
-            image_size, kind, num_classes, min_objects, max_objects)
+            image_size, kind, num_classes, min_objects, max_objects, style)
+        self.style = style
         self.split, self.num_images, self.kind = split, int(num_images), kind
         self.image_size, self.num_classes, self.seed = int(image_size), int(num_classes), int(seed)
         self.transforms = transforms
@@ -618,7 +647,7 @@ class SyntheticShapes(Dataset):
 
     def _generate(self, index):
         return _generate(self.scene_seed(index), self.image_size, self.kind, self.num_classes,
-                         self.min_objects, self.max_objects)
+                         self.min_objects, self.max_objects, self.style)
 
     # -------------------------------------------------------------------- cache
 
@@ -626,7 +655,8 @@ class SyntheticShapes(Dataset):
         return {"version": GENERATOR_VERSION, "split": self.split, "num_images": self.num_images,
                 "kind": self.kind, "image_size": self.image_size,
                 "num_classes": self.num_classes, "seed": self.seed,
-                "min_objects": self.min_objects, "max_objects": self.max_objects}
+                "min_objects": self.min_objects, "max_objects": self.max_objects,
+                **({} if self.style == "natural" else {"style": self.style})}
 
     def _cache_name(self) -> str:
         key = hashlib.sha256(json.dumps(self._params(), sort_keys=True).encode()).hexdigest()
