@@ -5,7 +5,9 @@ Prints, for the detectors of ``course_lib.recipes.detection`` (trained from scra
 
 * targets: SSD and YOLO each mAP@0.5 >= 0.85 within 5 minutes of training on 2 CPU cores, and
   inference at least 3x faster per image than our Faster R-CNN, timed in this run, one image
-  at a time (latency) and in batches of 16 (throughput);
+  at a time (latency) and in batches of 16 (throughput). Every detector is timed in the same
+  deployment form (``course_lib.models.fusion.inference_copy``: BatchNorm folded into the
+  convolutions, channels-last layout); its outputs equal the trained model's;
 * the lecture's "understanding paper results" table, measured here for all five detectors:
   mAP@0.5, COCO AP, AP50, AP75, APs/APm/APl, parameters, GFLOPs per image
   (``torch.utils.flop_counter``), latency and images/s (``--table``);
@@ -35,6 +37,7 @@ from torchvision.models.detection.ssd import SSD as TorchvisionSSD
 from course_lib.cost import detector_cost, images_per_second
 from course_lib.device import get_device
 from course_lib.models.backbone import TinyBackbone
+from course_lib.models.fusion import inference_copy
 from course_lib.models.ssd import SSDFeatures
 from course_lib.recipes.detection import (
     DETECTORS,
@@ -68,6 +71,7 @@ def torchvision_ssd(ours) -> TorchvisionSSD:
 
 def throughput(model, detector: str, recipe, device: torch.device) -> float:
     """Images per second on 64 held-out scenes, in batches of ``BATCH`` (proposals cached)."""
+    model = inference_copy(model)
     dataset = scenes(recipe, "test")
     images = [dataset[i][0].to(device) for i in range(min(64, len(dataset)))]
     if detector in SEARCH_PROPOSALS:
@@ -93,7 +97,7 @@ def latencies(models: dict, quick: bool, device: torch.device, rounds: int = 3
         proposals = None
         if detector in SEARCH_PROPOSALS:
             proposals = [p.to(device) for p in cached_proposals(dataset)[0]]
-        calls[detector] = (model.eval(), images, proposals)
+        calls[detector] = (inference_copy(model), images, proposals)
 
     def call(detector: str, i: int):
         model, images, proposals = calls[detector]
@@ -127,7 +131,7 @@ def cost_table(rows: dict, recipe, device: torch.device) -> None:
         extra = ()
         if detector in SEARCH_PROPOSALS:
             extra = (None, [p.to(device) for p in cached_proposals(dataset)[0][:16]])
-        cost = detector_cost(model, images, extra=extra, warmup=1, repeats=3)
+        cost = detector_cost(inference_copy(model), images, extra=extra, warmup=1, repeats=3)
         search_ms = 1000 * m["proposal_seconds"]
         print(f"{NAMES[detector]:13s} {m['AP50']:7.3f} {m['AP']:6.3f} {m['AP50']:6.3f} "
               f"{m['AP75']:6.3f} {m['APs']:6.3f} {m['APm']:6.3f} {m['APl']:6.3f} "
