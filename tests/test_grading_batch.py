@@ -254,6 +254,26 @@ def test_grade_many_keeps_its_file_api_and_resumes(tmp_path, fake):
         grade_many([paths[0], write(tmp_path / "x" / "bob.ipynb", "b2")], tmp_path / "out")
 
 
+def test_the_batch_protects_its_folders_while_it_runs_and_only_then(tmp_path, fake):
+    from course_lib.grading import sandbox
+
+    paths = [write(tmp_path / "class" / f"{name}.ipynb", name) for name in ("bob", "alice")]
+    out = tmp_path / "out"
+    during = []
+    grade_many(paths, out, device="cpu",
+               on_report=lambda report, skipped=False: during.append(sandbox.protected()))
+    folders = {os.path.realpath(out), os.path.realpath(tmp_path / "class")}
+    assert during and all(folders <= set(hidden) for hidden in during)
+    assert not folders & set(sandbox.protected())  # given back: later batches start clean
+    # a path protected before the batch (here: by hand) stays protected after it
+    sandbox.protect([out])
+    try:
+        grade_many(paths, out, device="cpu", force=True)
+        assert os.path.realpath(out) in sandbox.protected()
+    finally:
+        sandbox.unprotect([out])
+
+
 # ---------------------------------------------------------------------------------------------
 # Killed midway, run again (real children)
 # ---------------------------------------------------------------------------------------------

@@ -358,13 +358,25 @@ def _can_hide(path: str) -> bool:
 _protected: set[str] = set()
 
 
-def protect(paths) -> None:
+def protect(paths) -> list[str]:
     """Hide these files and folders from every child started from now on (see :func:`isolate`).
 
     The batch protects its output folder (no child may write a report) and the submissions (no
-    child may read another student's notebook).
+    child may read another student's notebook), and gives them back with :func:`unprotect`
+    when it ends.
+
+    Returns:
+        the real paths that were not protected yet: what the caller should unprotect (a path
+        that another batch of this process protects stays protected).
     """
-    _protected.update(os.path.realpath(p) for p in paths)
+    added = sorted({os.path.realpath(p) for p in paths} - _protected)
+    _protected.update(added)
+    return added
+
+
+def unprotect(paths) -> None:
+    """Stop hiding these paths (as :func:`protect` returned them) from children started later."""
+    _protected.difference_update(os.path.realpath(p) for p in paths)
 
 
 def protected() -> list[str]:
