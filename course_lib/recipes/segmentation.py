@@ -30,7 +30,8 @@ scenes the one-minute U-Net reaches mIoU 0.96, and the architectures still diffe
 blurry outlines, the autoencoder's lost detail).
 
 The models are kept in the channels-last memory layout (:func:`build_model`): PyTorch's oneDNN
-convolutions run about 1.4x faster in it on a CPU (the U-Net's training steps, measured).
+convolutions train the U-Net about 1.3x faster in it on 2 CPU cores
+(``benchmarks/bench_layout.py``).
 
 Lesson 07 loads trained segmenters with :func:`load_or_train`: the first call trains (about
 two minutes, printed up front) and stores a checkpoint under ``data/checkpoints/``; later calls load
