@@ -159,8 +159,6 @@ def grade_submissions(
     sandbox.remove_stale_dirs()  # what a grader killed with SIGKILL left in the temporary folder
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # No child may write a report or read a classmate's notebook (while this batch runs).
-    protected = sandbox.protect([out, *{s.path.parent for s in submissions}])
     done: dict[int, dict[str, Any]] = {}
     unsaved: list[str] = []
     bar = tqdm(total=len(submissions), unit="notebook", desc="grading", file=sys.stderr,
@@ -180,37 +178,34 @@ def grade_submissions(
         if on_report is not None:
             on_report(report, skipped)
 
-    try:
-        with bar:
-            todo = []
-            for i, sub in enumerate(submissions):
-                previous = None if force else up_to_date_report(sub, out)
-                if previous is not None:
-                    finish(i, previous, True)
-                else:
-                    todo.append(i)
-            pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="course-grade")
-            futures: dict[Future, int] = {}
-            try:
-                futures = {pool.submit(_grade_one, submissions[i], device, timeout, memory_mb, seed,
-                                       num_random): i for i in todo}
-                for future in as_completed(futures):  # files are written from this thread only
-                    finish(futures[future], future.result(), False)
-            except KeyboardInterrupt:
-                running = [f for f in futures if not f.cancel() and futures[f] not in done]
-                tqdm.write(f"course-grade: interrupted; finishing the {len(running)} "
-                           "notebook(s) in progress (Ctrl-C again to abandon them)",
-                           file=sys.stderr)
-                for future in as_completed(running):
-                    finish(futures[future], future.result(), False)
-                raise
-            finally:
-                pool.shutdown(wait=False, cancel_futures=True)
-                if unsaved:
-                    tqdm.write(f"course-grade: {len(unsaved)} report(s) not saved "
-                               f"({', '.join(unsaved)}); run again to grade them", file=sys.stderr)
-    finally:
-        sandbox.unprotect(protected)
+    # No child may write a report or read a classmate's notebook (while this batch runs).
+    with sandbox.protecting([out, *{s.path.parent for s in submissions}]), bar:
+        todo = []
+        for i, sub in enumerate(submissions):
+            previous = None if force else up_to_date_report(sub, out)
+            if previous is not None:
+                finish(i, previous, True)
+            else:
+                todo.append(i)
+        pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="course-grade")
+        futures: dict[Future, int] = {}
+        try:
+            futures = {pool.submit(_grade_one, submissions[i], device, timeout, memory_mb, seed,
+                                   num_random): i for i in todo}
+            for future in as_completed(futures):  # files are written from this thread only
+                finish(futures[future], future.result(), False)
+        except KeyboardInterrupt:
+            running = [f for f in futures if not f.cancel() and futures[f] not in done]
+            tqdm.write(f"course-grade: interrupted; finishing the {len(running)} notebook(s) in "
+                       "progress (Ctrl-C again to abandon them)", file=sys.stderr)
+            for future in as_completed(running):
+                finish(futures[future], future.result(), False)
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            if unsaved:
+                tqdm.write(f"course-grade: {len(unsaved)} report(s) not saved "
+                           f"({', '.join(unsaved)}); run again to grade them", file=sys.stderr)
     return [done[i] for i in range(len(submissions))]
 
 

@@ -379,6 +379,16 @@ def unprotect(paths) -> None:
     _protected.difference_update(os.path.realpath(p) for p in paths)
 
 
+@contextlib.contextmanager
+def protecting(paths):
+    """:func:`protect` these paths for the ``with`` block, then :func:`unprotect` what it added."""
+    added = protect(paths)
+    try:
+        yield added
+    finally:
+        unprotect(added)
+
+
 def protected() -> list[str]:
     """The paths :func:`protect` was given, sorted."""
     return sorted(_protected)
