@@ -71,7 +71,6 @@ def torchvision_ssd(ours) -> TorchvisionSSD:
 
 def throughput(model, detector: str, recipe, device: torch.device) -> float:
     """Images per second on 64 held-out scenes, in batches of ``BATCH`` (proposals cached)."""
-    model = inference_copy(model)
     dataset = scenes(recipe, "test")
     images = [dataset[i][0].to(device) for i in range(min(64, len(dataset)))]
     if detector in SEARCH_PROPOSALS:
@@ -97,7 +96,7 @@ def latencies(models: dict, quick: bool, device: torch.device, rounds: int = 3
         proposals = None
         if detector in SEARCH_PROPOSALS:
             proposals = [p.to(device) for p in cached_proposals(dataset)[0]]
-        calls[detector] = (inference_copy(model), images, proposals)
+        calls[detector] = (model.eval(), images, proposals)
 
     def call(detector: str, i: int):
         model, images, proposals = calls[detector]
@@ -131,7 +130,7 @@ def cost_table(rows: dict, recipe, device: torch.device) -> None:
         extra = ()
         if detector in SEARCH_PROPOSALS:
             extra = (None, [p.to(device) for p in cached_proposals(dataset)[0][:16]])
-        cost = detector_cost(inference_copy(model), images, extra=extra, warmup=1, repeats=3)
+        cost = detector_cost(model, images, extra=extra, warmup=1, repeats=3)
         search_ms = 1000 * m["proposal_seconds"]
         print(f"{NAMES[detector]:13s} {m['AP50']:7.3f} {m['AP']:6.3f} {m['AP50']:6.3f} "
               f"{m['AP75']:6.3f} {m['APs']:6.3f} {m['APm']:6.3f} {m['APl']:6.3f} "
@@ -169,11 +168,13 @@ def main():
             again = evaluate(model, recipe_for(detector, args.quick), device=device)
             print(f"{NAMES[detector]}: mAP@0.5 {again['AP50']:.3f} evaluated on {device} "
                   f"({info['metrics']['AP50']:.3f} on cpu after training)")
-    latency = latencies({detector: model for detector, (model, _) in loaded.items()}, args.quick,
-                        device)
-    rows = {detector: (model, info, latency[detector],
-                       throughput(model, detector, recipe_for(detector, args.quick), device))
-            for detector, (model, info) in loaded.items()}
+    # every detector is timed in the same deployment form (BatchNorm folded, channels-last)
+    deployed = {detector: inference_copy(model) for detector, (model, _) in loaded.items()}
+    latency = latencies(deployed, args.quick, device)
+    rows = {detector: (deployed[detector], info, latency[detector],
+                       throughput(deployed[detector], detector, recipe_for(detector, args.quick),
+                                  device))
+            for detector, (_, info) in loaded.items()}
 
     recipe = recipe_for("ssd", args.quick)
     print(f"\nSingle-stage detectors, {recipe.image_size} px synthetic scenes, "

@@ -80,14 +80,14 @@ class Recipe:
         segmenter: one of :data:`SEGMENTERS`.
         num_classes: C, the first C synthetic shapes; the model has C + 1 outputs.
         image_size: side of the square scenes.
-        style: the scenes' style, ``"clean"`` or ``"natural"``
-            (:data:`~course_lib.data.synthetic.STYLES`).
         num_train: training scenes generated (split ``"train"``), before ``rare_fraction``.
         num_test: held-out scenes for the metrics (split ``"test"``).
         min_objects: fewest objects planned per scene (None: the generator's default, 3).
         max_objects: most objects planned per scene (None: the generator's default, 10).
             Clean scenes drop the objects that do not fit whole and apart: 8-20 planned
             give 1-7 objects on 64 px, 3 on average.
+        style: the scenes' style, ``"clean"`` or ``"natural"``
+            (:data:`~course_lib.data.synthetic.STYLES`).
         epochs: passes over the training scenes (``max_seconds`` may stop earlier).
         max_seconds: training time budget (wall clock).
         batch_size: images per step.
