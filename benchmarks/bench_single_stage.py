@@ -7,7 +7,10 @@ Prints, for the detectors of ``course_lib.recipes.detection`` (trained from scra
   inference at least 3x faster per image than our Faster R-CNN, timed in this run, one image
   at a time (latency) and in batches of 16 (throughput). Every detector is timed in the same
   deployment form (``course_lib.models.fusion.inference_copy``: BatchNorm folded into the
-  convolutions, channels-last layout); its outputs equal the trained model's;
+  convolutions, channels-last layout); its outputs equal the trained model's. SSD and YOLO use
+  the lighter backbones of ``course_lib.recipes.detection.backbone_for`` (first stage 8
+  channels instead of 16; SSD's map 48 channels instead of 64) and YOLO a head of 96
+  channels, not 128 (the recipe module's docstring says why);
 * the lecture's "understanding paper results" table, measured here for all five detectors:
   mAP@0.5, COCO AP, AP50, AP75, APs/APm/APl, parameters, GFLOPs per image
   (``torch.utils.flop_counter``), latency and images/s (``--table``);
@@ -34,15 +37,15 @@ from bench_two_stage import compare_with_torchvision  # this folder is on sys.pa
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD as TorchvisionSSD
 
-from course_lib.cost import detector_cost, images_per_second
+from course_lib.cost import detector_cost, images_per_second, measure_latency
 from course_lib.device import get_device
-from course_lib.models.backbone import TinyBackbone
 from course_lib.models.fusion import inference_copy
 from course_lib.models.ssd import SSDFeatures
 from course_lib.recipes.detection import (
     DETECTORS,
     SEARCH_PROPOSALS,
     SINGLE_STAGE,
+    backbone_for,
     cached_proposals,
     evaluate,
     load_or_train,
@@ -59,7 +62,7 @@ NAMES = {"rcnn": "R-CNN", "fast_rcnn": "Fast R-CNN", "faster_rcnn": "Faster R-CN
 def torchvision_ssd(ours) -> TorchvisionSSD:
     """The torchvision ``SSD`` with every setting of our ``SSD`` ``ours`` (its own head)."""
     return TorchvisionSSD(
-        SSDFeatures(TinyBackbone(), num_extra=len(ours.feature_sizes) - 1),
+        SSDFeatures(backbone_for("ssd"), num_extra=len(ours.feature_sizes) - 1),
         DefaultBoxGenerator([list(r) for r in ours.aspect_ratios], scales=ours.scales),
         (ours.image_size, ours.image_size), ours.num_classes + 1,
         image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],  # no normalisation
@@ -117,6 +120,24 @@ def latencies(models: dict, quick: bool, device: torch.device, rounds: int = 3
                     call(detector, i)
                     times[detector].append(time.perf_counter() - start)
     return {detector: 1000 * statistics.median(t) for detector, t in times.items()}
+
+
+def backbone_share(rows: dict, recipe, device: torch.device) -> None:
+    """The backbones alone, one image at a time, next to the whole detectors.
+
+    The backbones are freshly initialised (a convolution's time does not depend on its
+    weights) and in the deployment form. It shows how much of a single-stage detector's time
+    is its backbone, and what the lighter ones of ``backbone_for`` save.
+    """
+    image = scenes(recipe, "test")[0][0][None].to(device)  # (1, 3, S, S)
+    print(f"\n{'backbone alone, one image':38s} {'ms':>6s}")
+    for label, detector in (("Faster R-CNN's (16, 32, 64 channels)", "faster_rcnn"),
+                            ("YOLO's (8, 16, 64)", "yolo"), ("SSD's (8, 16, 48)", "ssd")):
+        backbone = inference_copy(backbone_for(detector).eval().to(device))
+        ms = measure_latency(backbone, image, warmup=10, repeats=200)["median_ms"]
+        print(f"{label:38s} {ms:6.2f}")
+    print("whole detectors (above): " + ", ".join(
+        f"{NAMES[d]} {rows[d][2]:.2f} ms" for d in ("faster_rcnn", *SINGLE_STAGE)))
 
 
 def cost_table(rows: dict, recipe, device: torch.device) -> None:
@@ -204,6 +225,7 @@ def main():
               f"in batches of {BATCH} (target >= {SPEEDUP_TARGET:g}x): "
               f"{'PASS' if fast else 'FAIL'}")
 
+    backbone_share(rows, recipe, device)
     if args.table:
         cost_table(rows, recipe, device)
 

@@ -9,6 +9,8 @@ from course_lib.recipes import detection
 from course_lib.recipes.detection import (
     DETECTORS,
     WithProposals,
+    backbone_for,
+    build_model,
     cached_proposals,
     checkpoint_path,
     evaluate,
@@ -87,6 +89,31 @@ def test_recipes_and_quick_mode(monkeypatch):
     rcnn, fast = detection.FULL["rcnn"], detection.FULL["fast_rcnn"]
     assert (rcnn.num_train, rcnn.epochs) == (fast.num_train, fast.epochs)
     assert checkpoint_path(rcnn) != checkpoint_path(fast)
+
+
+def test_the_single_stage_detectors_use_the_lighter_backbone():
+    from course_lib.models.backbone import TinyBackbone
+
+    for detector in DETECTORS:
+        model = build_model(recipe_for(detector, quick=True))
+        backbones = [m for m in model.modules() if isinstance(m, TinyBackbone)]
+        assert len(backbones) == 1, detector
+        widths = [m.out_channels for m in backbones[0].modules() if isinstance(m, torch.nn.Conv2d)]
+        expected = {"ssd": [8, 8, 16, 16, 48, 48], "yolo": [8, 8, 16, 16, 64, 64]}.get(
+            detector, [16, 16, 32, 32, 64, 64])
+        assert widths == expected, detector
+        features = backbones[0].eval()(torch.zeros(1, 3, 128, 128))
+        assert features.shape == (1, expected[-1], 16, 16)  # stride 8 in every detector
+    with pytest.raises(ValueError, match="detector must be one of"):
+        backbone_for("yolo_v9")
+
+
+def test_cache_versions_are_per_detector(monkeypatch):
+    """Bumping one detector's cache version moves its checkpoints only."""
+    before = {name: checkpoint_path(recipe_for(name, quick=False)) for name in DETECTORS}
+    monkeypatch.setitem(detection.CACHE_VERSIONS, "yolo", detection.CACHE_VERSIONS["yolo"] + 1)
+    after = {name: checkpoint_path(recipe_for(name, quick=False)) for name in DETECTORS}
+    assert [name for name in DETECTORS if before[name] != after[name]] == ["yolo"]
 
 
 @pytest.mark.parametrize("detector", DETECTORS)

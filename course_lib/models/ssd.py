@@ -460,11 +460,11 @@ def postprocess_ssd(
     num_classes = class_logits.shape[2]  # C + 1
     scores = F.softmax(class_logits, dim=-1)  # (B, D, C+1)
 
+    limits = torch.tensor([width, height, width, height], dtype=box_regression.dtype,
+                          device=box_regression.device)  # clip x to [0, W], y to [0, H]
+    labels = torch.arange(1, num_classes, device=box_regression.device)[:, None]  # (C, 1)
     detections = []
     for image_regression, image_scores in zip(box_regression, scores, strict=True):
-        boxes = decode_boxes(image_regression, default_boxes, weights)  # (D, 4)
-        boxes = torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height),
-                             boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)], dim=1)
         # per class 1..C, the topk_candidates best boxes with a score above score_thresh:
         # all classes at once, in torchvision's order (class after class, best first)
         class_scores = image_scores[:, 1:].T  # (D, C+1) -> (C, D), class 0 is background
@@ -472,10 +472,12 @@ def postprocess_ssd(
         best_scores, best = class_scores.masked_fill(class_scores <= score_thresh, -math.inf).topk(
             k, dim=1)  # (C, k) each: best first, the boxes at or below the threshold last
         kept = best_scores > score_thresh  # (C, k)
-        candidate_boxes = boxes[best[kept]]  # (N', 4)
+        index = best[kept]  # (N',) the candidates' default boxes
+        # decode the candidates only (the same numbers as decoding all D boxes, less work)
+        candidate_boxes = decode_boxes(image_regression[index], default_boxes[index], weights)
+        candidate_boxes = candidate_boxes.clamp(min=0).minimum(limits)  # (N', 4)
         candidate_scores = best_scores[kept]  # (N',)
-        candidate_labels = torch.arange(1, num_classes, device=boxes.device)[:, None].expand(
-            -1, k)[kept]  # (C, k) -> (N',)
+        candidate_labels = labels.expand(-1, k)[kept]  # (C, k) -> (N',)
         keep = batched_nms(candidate_boxes, candidate_scores, candidate_labels, nms_thresh)
         keep = keep[:detections_per_img]
         detections.append({"boxes": candidate_boxes[keep], "scores": candidate_scores[keep],
