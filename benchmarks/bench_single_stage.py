@@ -131,10 +131,12 @@ def backbone_share(rows: dict, recipe, device: torch.device) -> None:
     """
     image = scenes(recipe, "test")[0][0][None].to(device)  # (1, 3, S, S)
     print(f"\n{'backbone alone, one image':38s} {'ms':>6s}")
-    for label, detector in (("Faster R-CNN's (16, 32, 64 channels)", "faster_rcnn"),
-                            ("YOLO's (8, 16, 64)", "yolo"), ("SSD's (8, 16, 48)", "ssd")):
-        backbone = inference_copy(backbone_for(detector).eval().to(device))
-        ms = measure_latency(backbone, image, warmup=10, repeats=200)["median_ms"]
+    for detector in ("faster_rcnn", "yolo", "ssd"):
+        backbone = backbone_for(detector).eval().to(device)
+        widths = dict.fromkeys(m.out_channels for m in backbone.modules()
+                               if isinstance(m, torch.nn.Conv2d))  # per stage, in order
+        label = f"{NAMES[detector]}'s ({', '.join(map(str, widths))} channels)"
+        ms = measure_latency(inference_copy(backbone), image, warmup=10, repeats=200)["median_ms"]
         print(f"{label:38s} {ms:6.2f}")
     print("whole detectors (above): " + ", ".join(
         f"{NAMES[d]} {rows[d][2]:.2f} ms" for d in ("faster_rcnn", *SINGLE_STAGE)))

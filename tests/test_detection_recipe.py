@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from course_lib.models.backbone import TinyBackbone
 from course_lib.recipes import detection
 from course_lib.recipes.detection import (
     DETECTORS,
@@ -92,8 +93,6 @@ def test_recipes_and_quick_mode(monkeypatch):
 
 
 def test_the_single_stage_detectors_use_the_lighter_backbone():
-    from course_lib.models.backbone import TinyBackbone
-
     for detector in DETECTORS:
         model = build_model(recipe_for(detector, quick=True))
         backbones = [m for m in model.modules() if isinstance(m, TinyBackbone)]
